@@ -1,0 +1,1 @@
+"""Subcommands of the ``ravine`` command, one module each (see ``ravine.cli``)."""

@@ -1,0 +1,7 @@
+"""Figures (matplotlib, static PNG/SVG; plotly where a figure is interactive).
+
+One submodule per layer it draws: ``schedules``, ``surfaces`` (the 2D world),
+``landscape`` and ``curvature`` (real networks), ``experiments``. All of them save through
+:func:`ravine.plots._style.save`, which writes to a temporary name and renames, so a figure on
+disk is never half-written.
+"""
