@@ -1,0 +1,67 @@
+"""``ravine.optim``: optimizers as chains of small gradient transformations (Optax's model) that
+run in any PyTorch training loop with torch's exact numbers.
+
+Functional use (any list of tensors, including a batch of 2D points)::
+
+    t = ravine.optim.adam(0.1)
+    state = t.init(params)
+    updates, state = t.update(grads, state, params)
+    ravine.optim.apply_updates(params, updates)
+
+In a torch training loop::
+
+    opt = ravine.optim.Optimizer(model.parameters(),
+                                 ravine.optim.chain(ravine.optim.clip_by_global_norm(1.0),
+                                                    ravine.optim.adamw(3e-4)))
+    # or drop-in: ravine.optim.AdamW(model.parameters(), lr=3e-4)
+
+Only torch and numpy are imported here (the core layer).
+"""
+
+from .adapter import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from .alias import (
+    adagrad,
+    adam,
+    adam_l2,
+    adamw,
+    gd,
+    get,
+    hyperparam_names,
+    momentum,
+    names,
+    nesterov,
+    rmsprop,
+    sgd,
+    torch_adagrad,
+    torch_adam,
+    torch_adamw,
+    torch_rmsprop,
+    torch_sgd,
+)
+from .base import Transform, apply_updates, chain, chain_info, resolve, transform
+from .transforms import (
+    add_decayed_weights,
+    add_l2,
+    clip_adaptive,
+    clip_by_global_norm,
+    clip_by_value,
+    identity,
+    scale,
+    scale_by_adam,
+    scale_by_learning_rate,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_schedule,
+    trace,
+)
+
+__all__ = [
+    "Transform", "chain", "apply_updates", "chain_info", "resolve", "transform",
+    "identity", "scale", "scale_by_learning_rate", "scale_by_schedule", "trace", "scale_by_rms",
+    "scale_by_adam", "scale_by_rss", "add_decayed_weights", "add_l2", "clip_by_global_norm",
+    "clip_by_value", "clip_adaptive",
+    "gd", "sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adam_l2", "adagrad",
+    "get", "names", "hyperparam_names",
+    "torch_sgd", "torch_adam", "torch_adamw", "torch_rmsprop", "torch_adagrad",
+    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
+]

@@ -1,0 +1,358 @@
+"""The gradient-transformation abstraction: ``Transform``, ``chain``, hyperparameters, list ops.
+
+A transform is an ``init`` / ``update`` pair over lists of tensors (Optax's model)::
+
+    state = t.init(params)                       # explicit state: a dict, nothing hidden
+    updates, state = t.update(grads, state, params)
+    apply_updates(params, updates)               # p += u; updates already carry -lr
+
+State conventions (they make ``state_dict`` round trips and batching possible):
+
+- every state is a ``dict`` with ``"step"``, the number of updates done so far (a Python int);
+- a value that is a ``list`` holds one tensor per parameter (``exp_avg``, ``momentum_buffer``...),
+  named as torch names the same state, so checkpoints map onto torch's per-parameter format;
+- any other value is *information* about the last update (``"norm"``, ``"clipped"``): logged, never saved;
+- a chain's state is ``{"step": n, "parts": [state of each component]}``.
+
+``update`` may overwrite the tensors of its ``updates`` argument in place (that is what keeps a
+chain from allocating a parameter-sized temporary per component); pass copies if you still need
+the gradients. The :class:`ravine.optim.Optimizer` adapter does this for you, so ``p.grad`` is left
+as torch leaves it.
+
+Hyperparameters are resolved at each update by :func:`resolve`: a float, a *schedule* (any
+callable ``step -> float``, step 0 being the first update), or a tensor that broadcasts against
+each parameter (so ``lr`` of shape ``(B, 1)`` steps ``B`` configurations stored as rows of a
+``(B, 2)`` parameter in one program).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+Params = list[Tensor]
+State = dict[str, Any]
+Hyper = float | Tensor | Callable[[int], float]
+
+__all__ = [
+    "Transform",
+    "chain",
+    "apply_updates",
+    "resolve",
+    "chain_info",
+    "transform",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """A gradient transformation: ``init(params) -> state`` and
+    ``update(updates, state, params) -> (updates, state)``.
+
+    ``hyperparams`` maps each hyperparameter name to the value it was built with, and
+    ``with_hyperparams(**kw)`` rebuilds the same transform with some of them replaced (the state
+    layout is unchanged as long as structural options such as ``amsgrad`` are kept). The torch
+    adapter uses this to run one chain with per-group hyperparameters.
+    """
+
+    init: Callable[[Params], State]
+    update: Callable[..., tuple[Params, State]]
+    name: str = "transform"
+    hyperparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    factory: Callable[..., Transform] | None = None
+    # hyperparameters that are structure, not numbers (masks, forms): never treated as schedules.
+    static: frozenset[str] = frozenset()
+    # the components of a chain (empty for a primitive): what ``structure`` describes.
+    parts: tuple[Transform, ...] = ()
+
+    def structure(self) -> tuple:
+        """What fixes the state layout: component names and structural options, recursively."""
+        static = tuple(sorted((k, repr(v)) for k, v in self.hyperparams.items()
+                              if k in self.static and not callable(v)))
+        return (self.name, static, tuple(p.structure() for p in self.parts))
+
+    def with_hyperparams(self, **kwargs: Any) -> Transform:
+        unknown = sorted(set(kwargs) - set(self.hyperparams))
+        if unknown:
+            raise ValueError(
+                f"{self.name}: unknown hyperparameter(s) {unknown}; allowed: {sorted(self.hyperparams)}"
+            )
+        if self.factory is None:
+            raise TypeError(f"{self.name} was not built by a factory and cannot be rebuilt")
+        return self.factory(**{**self.hyperparams, **kwargs})
+
+    def __repr__(self) -> str:
+        hp = ", ".join(f"{k}={_short(v)}" for k, v in self.hyperparams.items())
+        return f"{self.name}({hp})"
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, Tensor):
+        return f"tensor{tuple(v.shape)}"
+    if isinstance(v, Transform):
+        return repr(v)
+    if callable(v):
+        return getattr(v, "__name__", None) or type(v).__name__
+    return repr(v)
+
+
+def transform(*, static: Sequence[str] = ()) -> Callable[[Callable[..., Transform]], Callable[..., Transform]]:
+    """Decorator for transform factories: records the call's arguments as ``hyperparams``.
+
+    The wrapped factory's signature is the hyperparameter list; calling ``with_hyperparams`` calls
+    the factory again with updated values.
+    """
+
+    def wrap(fn: Callable[..., Transform]) -> Callable[..., Transform]:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def build(*args: Any, **kwargs: Any) -> Transform:
+            try:
+                bound = sig.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{fn.__name__}: {exc}; signature is {fn.__name__}{sig}") from None
+            bound.apply_defaults()
+            hp = dict(bound.arguments)
+            t = fn(**hp)
+            # a named chain keeps the structural names of its parts that it exposes itself
+            inner = {k for k in hp if k in t.static}
+            return dataclasses.replace(
+                t, name=fn.__name__, hyperparams=hp, factory=build, static=frozenset(static) | inner
+            )
+
+        build.hyperparam_names = tuple(sig.parameters)  # type: ignore[attr-defined]
+        return build
+
+    return wrap
+
+
+# --------------------------------------------------------------------------------------------
+# hyperparameters
+
+
+def resolve(value: Hyper, step: int) -> float | Tensor:
+    """The value of a hyperparameter at ``step`` (0 = first update): schedules are called."""
+    if callable(value) and not isinstance(value, Tensor):
+        return value(step)
+    return value
+
+
+def is_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def check_range(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    where: str = "",
+) -> None:
+    """Raise ``ValueError`` naming ``name``, ``value`` and the allowed interval if out of range.
+
+    Floats and tensors (every element) are checked; schedules are checked when they are evaluated
+    by the schedule itself (a ravine schedule validates its own parameters).
+    """
+    if callable(value) and not isinstance(value, Tensor):
+        return
+    if isinstance(value, Tensor):
+        if value.numel() == 0:
+            return
+        lo_v, hi_v = value.min().item(), value.max().item()
+        shown = f"tensor with values in [{lo_v:g}, {hi_v:g}]"
+    elif is_number(value):
+        lo_v = hi_v = float(value)
+        shown = repr(value)
+    else:
+        raise TypeError(
+            f"{where}{name} must be a float, a schedule (callable step -> float) or a tensor, "
+            f"got {type(value).__name__} {value!r}"
+        )
+    bad = math.isnan(lo_v) or math.isnan(hi_v)
+    if low is not None:
+        bad |= lo_v <= low if low_open else lo_v < low
+    if high is not None:
+        bad |= hi_v >= high if high_open else hi_v > high
+    if bad:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        lo_s = "-inf" if low is None else f"{low:g}"
+        hi_s = "inf" if high is None else f"{high:g}"
+        raise ValueError(f"{where}{name}={shown} is out of range; allowed: {left}{lo_s}, {hi_s}{right}")
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[Any], where: str = "") -> None:
+    if value not in allowed:
+        raise ValueError(f"{where}{name}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+# --------------------------------------------------------------------------------------------
+# list ops: torch._foreach_* when the coefficient is a Python number (one dispatch for the whole
+# list), a per-tensor loop when it is a tensor that broadcasts against each parameter.
+
+
+def scalar(x: Any) -> bool:
+    return is_number(x)
+
+
+def mul_(xs: Params, s: float | Tensor) -> None:
+    if scalar(s):
+        if s != 1:
+            torch._foreach_mul_(xs, s)
+    else:
+        for x in xs:
+            x.mul_(s)
+
+
+def add_(xs: Params, ys: Params, alpha: float | Tensor = 1.0) -> None:
+    """x += alpha * y."""
+    if scalar(alpha):
+        if alpha != 0:
+            torch._foreach_add_(xs, ys, alpha=alpha)
+    else:
+        for x, y in zip(xs, ys):
+            x.addcmul_(y, alpha)
+
+
+def lerp_(xs: Params, ys: Params, w: float | Tensor) -> None:
+    """x += w * (y - x)."""
+    if scalar(w):
+        torch._foreach_lerp_(xs, ys, w)
+    else:
+        for x, y in zip(xs, ys):
+            x.lerp_(y, w.to(x.dtype) if isinstance(w, Tensor) else w)
+
+
+def addcmul_(xs: Params, ys: Params, zs: Params, value: float | Tensor = 1.0) -> None:
+    """x += value * y * z."""
+    if scalar(value):
+        torch._foreach_addcmul_(xs, ys, zs, value=value)
+    else:
+        for x, y, z in zip(xs, ys, zs):
+            x.addcmul_(y * value, z)
+
+
+def sqrt(x: float | Tensor) -> float | Tensor:
+    return math.sqrt(x) if scalar(x) else torch.sqrt(x)
+
+
+def power(base: float | Tensor, exponent: int) -> float | Tensor:
+    return base**exponent
+
+
+def zeros_like(params: Params) -> Params:
+    return [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
+
+
+# --------------------------------------------------------------------------------------------
+# chain and application
+
+
+def _merge_hyperparams(parts: Sequence[Transform]) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Merge the parts' hyperparameters into one namespace.
+
+    A name used by one part (or by several with the same value) keeps its name; a name used by
+    several parts with different values becomes ``"<index>.<name>"`` for each of them.
+    Returns the merged dict and, per part, the map from merged key to the part's own name.
+    """
+    owners: dict[str, list[int]] = {}
+    for i, t in enumerate(parts):
+        for k in t.hyperparams:
+            owners.setdefault(k, []).append(i)
+    merged: dict[str, Any] = {}
+    keymaps: list[dict[str, str]] = [{} for _ in parts]
+    for k, idx in owners.items():
+        values = [parts[i].hyperparams[k] for i in idx]
+        same = all(_same(values[0], v) for v in values[1:])
+        if same:
+            merged[k] = values[0]
+            for i in idx:
+                keymaps[i][k] = k
+        else:
+            for i in idx:
+                merged[f"{i}.{k}"] = parts[i].hyperparams[k]
+                keymaps[i][f"{i}.{k}"] = k
+    return merged, keymaps
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return a is b
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - exotic objects: identity is the only safe equality
+        return a is b
+
+
+def chain(*transforms: Transform) -> Transform:
+    """Apply transforms in sequence: the updates of one are the input of the next.
+
+    ``chain(scale_by_adam(), add_decayed_weights(0.01), scale_by_learning_rate(1e-3))`` is AdamW.
+    The chain's hyperparameters are the union of its parts' (see ``_merge_hyperparams`` for
+    clashing names), so ``chain(...).with_hyperparams(lr=...)`` reaches the part that has ``lr``.
+    """
+    for i, t in enumerate(transforms):
+        if not isinstance(t, Transform):
+            raise TypeError(f"chain: argument {i} must be a ravine.optim.Transform, got {type(t).__name__}")
+    parts = list(transforms)
+    merged, keymaps = _merge_hyperparams(parts)
+
+    def init(params: Params) -> State:
+        return {"step": 0, "parts": [t.init(params) for t in parts]}
+
+    def update(updates: Params, state: State, params: Params | None = None) -> tuple[Params, State]:
+        new_parts = []
+        for t, s in zip(parts, state["parts"]):
+            updates, s = t.update(updates, s, params)
+            new_parts.append(s)
+        return updates, {"step": state["step"] + 1, "parts": new_parts}
+
+    def factory(**kw: Any) -> Transform:
+        rebuilt = []
+        for t, km in zip(parts, keymaps):
+            own = {km[k]: v for k, v in kw.items() if k in km}
+            rebuilt.append(t.with_hyperparams(**own) if own else t)
+        return chain(*rebuilt)
+
+    static = frozenset(k for t, km in zip(parts, keymaps) for k, own in km.items() if own in t.static)
+    return Transform(init, update, "chain", merged, factory, static, tuple(parts))
+
+
+def chain_info(state: State) -> dict[str, Any]:
+    """Information the last update left in a (possibly nested) state: clip ``norm``, ``clipped``.
+
+    Where several components report the same key, the first (earliest in the chain) wins: that
+    is the norm of the raw gradient when clipping comes first.
+    """
+    info: dict[str, Any] = {}
+
+    def visit(s: State) -> None:
+        for k, v in s.items():
+            if k == "parts":
+                for p in v:
+                    visit(p)
+            elif k != "step" and not isinstance(v, list):
+                info.setdefault(k, v)
+
+    visit(state)
+    return info
+
+
+@torch.no_grad()
+def apply_updates(params: Params, updates: Params) -> None:
+    """``params[i] += updates[i]`` in place (updates already carry the sign and learning rate)."""
+    if len(params) != len(updates):
+        raise ValueError(f"apply_updates: got {len(params)} params but {len(updates)} updates")
+    torch._foreach_add_(params, updates)
