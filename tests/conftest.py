@@ -1,0 +1,15 @@
+"""Shared test fixtures."""
+
+import os
+
+import pytest
+import torch
+
+# Two cores: keep torch from oversubscribing them when tests run next to each other.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
