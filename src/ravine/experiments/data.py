@@ -1,0 +1,548 @@
+"""Data that ships offline, with fixed and recorded train/test splits.
+
+Every dataset is a deterministic function of its name, its keyword arguments and ``seed``: the same call
+gives the same tensors on every machine (nothing is downloaded). ``Dataset.metadata()`` returns a
+JSON-serializable description including the split itself (sample indices or split position), which the
+training harness writes into each run directory (``metadata.json``).
+
+Names (``load(name, seed=0, **kw)``):
+
+- ``"digits"``: scikit-learn's bundled handwritten digits (1797 images of 8x8 pixels, 10 classes). The
+  split is a seeded permutation (``test_fraction=0.2`` by default); features are standardized with the
+  *training* set's per-pixel mean and standard deviation (pixels constant on the training set keep
+  scale 1), so the test set leaks nothing. ``x``: float ``(N, 64)``; ``y``: class index ``(N,)``.
+- ``"chars"``: a character-level corpus, CPython's ``pydoc_data.topics.topics`` (about 465k
+  characters of English documentation), the dict's values joined in sorted key order. The vocabulary
+  is the sorted set of characters of the whole corpus; the first ``1 - val_fraction`` of the characters
+  are the training stream, the rest the test (validation) stream (split by position, not shuffled,
+  as in nanoGPT). A sample is a block of ``block_size`` tokens and its targets shifted by one.
+- ``"modadd"``: modular addition ``(a + b) mod p`` as token sequences ``[a, "+", b, "="]`` (vocabulary
+  ``p + 2``) whose last position must predict ``c``; all ``p * p`` pairs, a seeded ``train_fraction`` of
+  them for training (Power et al., 2022, "Grokking").
+- ``"parity"``: sparse parity (Barak et al., 2022): ``n_bits`` uniform random bits in ``{-1, +1}``;
+  the label is 1 when the product of ``k`` relevant bits (a seeded subset, recorded) is ``-1``.
+- ``"copy"``: the copy / recall task of Hochreiter & Schmidhuber (1997) in the form of Arjovsky et al.
+  (2016): ``length`` symbols from an alphabet of ``n_symbols``, then ``delay - 1`` blanks, a delimiter,
+  and ``length`` blanks; the model must output the symbols in the last ``length`` positions. Longer
+  ``delay`` means longer-range dependencies (exploding/vanishing gradients in RNNs).
+
+Targets and losses: every dataset's model output is a tensor of logits over the last dimension and the
+target an integer tensor with the output's shape minus that dimension; positions whose target is
+``IGNORE_INDEX`` (-100, torch's default) do not count in the loss or the accuracy. So a single rule,
+:func:`cross_entropy`, is the loss of every task.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+__all__ = [
+    "IGNORE_INDEX",
+    "Dataset",
+    "ArrayDataset",
+    "CharDataset",
+    "BatchSampler",
+    "load",
+    "names",
+    "cross_entropy",
+    "accuracy_counts",
+]
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` (``(..., C)``) against integer ``targets`` (``(...)``).
+
+    ``L = -(1/M) * sum_{i: t_i != -100} log softmax(z_i)[t_i]`` where ``M`` counts the non-ignored
+    positions. This is ``torch.nn.functional.cross_entropy(..., ignore_index=-100)`` over the flattened
+    positions, and the loss of every dataset in this module.
+    """
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def accuracy_counts(logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+    """``(correct, counted)``: how many non-ignored positions have ``argmax(logits) == target``."""
+    mask = targets != IGNORE_INDEX
+    pred = logits.argmax(dim=-1)
+    return int(((pred == targets) & mask).sum().item()), int(mask.sum().item())
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+    return value
+
+
+def _check_fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a float, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be in the open interval (0, 1), got {value}")
+    return value
+
+
+class BatchSampler:
+    """Draws training batches; its whole state is savable (``state_dict`` holds tensors and ints only).
+
+    Finite datasets (:class:`ArrayDataset`) are read in epochs: each epoch is a permutation of the
+    training indices drawn from the sampler's own ``torch.Generator``; a batch takes the next
+    ``batch_size`` indices, continuing into the next epoch's permutation when one runs out (so every
+    batch has exactly ``batch_size`` samples and every sample is seen once per epoch).
+    ``batch_size=None`` means full batch: every call returns the whole training set and uses no
+    randomness. :class:`CharDataset` draws block start positions uniformly with replacement (nanoGPT).
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int | None, seed: int = 0):
+        if batch_size is not None:
+            _check_int("batch_size", batch_size, 1)
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.pos = 0
+        self.epoch = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next training batch ``(x, y)`` (CPU tensors)."""
+        return self.dataset._sample(self)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield self.next()
+
+    def _take_indices(self, n_total: int, k: int) -> torch.Tensor:
+        out = []
+        need = k
+        while need > 0:
+            if self.pos >= len(self.perm):
+                self.perm = torch.randperm(n_total, generator=self.generator)
+                self.pos = 0
+                self.epoch += 1
+            take = self.perm[self.pos : self.pos + need]
+            self.pos += len(take)
+            need -= len(take)
+            out.append(take)
+        return torch.cat(out)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Generator state, current permutation, position and epoch (``torch.load(weights_only=True)``-safe)."""
+        return {
+            "generator": self.generator.get_state(),
+            "perm": self.perm.clone(),
+            "pos": int(self.pos),
+            "epoch": int(self.epoch),
+            "batch_size": self.batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` (the batch size must match)."""
+        if state.get("batch_size") != self.batch_size:
+            raise ValueError(
+                f"sampler state has batch_size={state.get('batch_size')!r}, this sampler has {self.batch_size!r}"
+            )
+        self.generator.set_state(state["generator"])
+        self.perm = state["perm"].clone()
+        self.pos = int(state["pos"])
+        self.epoch = int(state["epoch"])
+
+
+class Dataset:
+    """Base class: a named, seeded dataset with a training sampler and fixed evaluation sets.
+
+    Attributes: ``name``, ``params`` (the keyword arguments that define it, ``seed`` included),
+    ``task`` (``"classification"``, ``"sequence"`` or ``"language_model"``), ``dims`` (what a model
+    needs: ``in_features``/``n_classes`` for vector data, ``vocab_size``/``block_size`` for tokens).
+    """
+
+    name: str
+    params: dict[str, Any]
+    task: str
+    dims: dict[str, int]
+
+    def sampler(self, batch_size: int | None, seed: int = 0) -> BatchSampler:
+        """A :class:`BatchSampler` over the training split (``batch_size=None``: full batch)."""
+        return BatchSampler(self, batch_size, seed)
+
+    def eval_data(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed evaluation tensors ``(x, y)`` of ``split`` (``"train"`` or ``"test"``)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    @property
+    def n_train(self) -> int:
+        """Number of training samples (for ``chars``: training characters)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-serializable description: name, params, task, dims, sizes and the split itself."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _sample(self, sampler: BatchSampler) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, params={self.params!r})"
+
+
+def _check_split(split: str) -> str:
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return split
+
+
+class ArrayDataset(Dataset):
+    """A finite dataset held as tensors: ``x_train, y_train, x_test, y_test`` and a recorded ``split``."""
+
+    def __init__(
+        self,
+        name: str,
+        params: dict[str, Any],
+        task: str,
+        dims: dict[str, int],
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        x_test: torch.Tensor,
+        y_test: torch.Tensor,
+        split: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+    ):
+        self.name, self.params, self.task, self.dims = name, dict(params), task, dict(dims)
+        self.x_train, self.y_train, self.x_test, self.y_test = x_train, y_train, x_test, y_test
+        self.split = split
+        self.extra = dict(extra or {})
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.x_test.shape[0])
+
+    def eval_data(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if _check_split(split) == "train":
+            return self.x_train, self.y_train
+        return self.x_test, self.y_test
+
+    def _sample(self, sampler: BatchSampler) -> tuple[torch.Tensor, torch.Tensor]:
+        if sampler.batch_size is None:
+            return self.x_train, self.y_train
+        idx = sampler._take_indices(self.n_train, sampler.batch_size)
+        return self.x_train[idx], self.y_train[idx]
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "params": dict(self.params),
+            "task": self.task,
+            "dims": dict(self.dims),
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "split": self.split,
+            **self.extra,
+        }
+
+
+class CharDataset(Dataset):
+    """A character-level language-modelling corpus split by position.
+
+    ``tokens`` is the whole corpus as integer ids; ``train_tokens = tokens[:split_at]`` and
+    ``test_tokens = tokens[split_at:]``. ``vocab`` is the sorted list of characters (id = position).
+    Evaluation uses ``eval_blocks`` blocks per split at evenly spaced, fixed start positions (no
+    randomness), so evaluations are comparable across runs and deterministic.
+    """
+
+    def __init__(self, text: str, params: dict[str, Any]):
+        self.name = "chars"
+        self.params = dict(params)
+        self.task = "language_model"
+        self.vocab = sorted(set(text))
+        self.stoi = {c: i for i, c in enumerate(self.vocab)}
+        self.tokens = self._encode_all(text)
+        self.block_size = int(params["block_size"])
+        self.eval_blocks = int(params["eval_blocks"])
+        self.split_at = int(round(len(text) * (1.0 - float(params["val_fraction"]))))
+        self.train_tokens = self.tokens[: self.split_at]
+        self.test_tokens = self.tokens[self.split_at :]
+        for nm, stream in (("train", self.train_tokens), ("test", self.test_tokens)):
+            if len(stream) <= self.block_size:
+                raise ValueError(
+                    f"block_size={self.block_size} is too long for the {nm} stream ({len(stream)} characters)"
+                )
+        self.dims = {"vocab_size": len(self.vocab), "block_size": self.block_size}
+        self._eval_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _encode_all(self, text: str) -> torch.Tensor:
+        # Vectorized: code points through a lookup table (same ids as stoi, much faster than a loop).
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        lut = np.full(int(codes.max()) + 1 if len(codes) else 1, -1, dtype=np.int64)
+        for c, i in self.stoi.items():
+            lut[ord(c)] = i
+        return torch.from_numpy(lut[codes].copy())
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def n_train(self) -> int:
+        return int(len(self.train_tokens))
+
+    def encode(self, s: str) -> torch.Tensor:
+        """Token ids of ``s`` (ValueError for characters outside the vocabulary)."""
+        bad = sorted({c for c in s if c not in self.stoi})
+        if bad:
+            raise ValueError(f"characters not in the vocabulary: {bad!r}")
+        return self._encode_all(s) if s else torch.zeros(0, dtype=torch.long)
+
+    def decode(self, ids: torch.Tensor | list[int]) -> str:
+        """The string of token ids ``ids``."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.reshape(-1).tolist()
+        return "".join(self.vocab[int(i)] for i in ids)
+
+    def _stream(self, split: str) -> torch.Tensor:
+        return self.train_tokens if _check_split(split) == "train" else self.test_tokens
+
+    def _blocks(self, stream: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        offs = torch.arange(self.block_size)
+        x = stream[starts[:, None] + offs]
+        y = stream[starts[:, None] + offs + 1]
+        return x, y
+
+    def batches(
+        self, block_size: int, batch_size: int, generator: torch.Generator, split: str = "train"
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless random batches ``(x, y)`` of shape ``(batch_size, block_size)`` from ``split``.
+
+        Start positions are uniform on ``[0, len(stream) - block_size - 1]`` drawn with ``generator``;
+        ``y`` is ``x`` shifted by one character (next-character prediction).
+        """
+        block_size = _check_int("block_size", block_size, 1)
+        batch_size = _check_int("batch_size", batch_size, 1)
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        stream = self._stream(split)
+        if len(stream) <= block_size:
+            raise ValueError(f"block_size={block_size} is too long for the {split} stream ({len(stream)})")
+        offs = torch.arange(block_size)
+        while True:
+            starts = torch.randint(len(stream) - block_size, (batch_size,), generator=generator)
+            yield stream[starts[:, None] + offs], stream[starts[:, None] + offs + 1]
+
+    def _sample(self, sampler: BatchSampler) -> tuple[torch.Tensor, torch.Tensor]:
+        if sampler.batch_size is None:
+            raise ValueError("batch_size=None (full batch) is not available for 'chars'; give an int")
+        n = len(self.train_tokens) - self.block_size
+        starts = torch.randint(n, (sampler.batch_size,), generator=sampler.generator)
+        return self._blocks(self.train_tokens, starts)
+
+    def eval_data(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if split not in self._eval_cache:
+            stream = self._stream(split)
+            n = len(stream) - self.block_size
+            k = min(self.eval_blocks, n)
+            starts = torch.linspace(0, n - 1, k).round().long()
+            self._eval_cache[split] = self._blocks(stream, starts)
+        return self._eval_cache[split]
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "params": dict(self.params),
+            "task": self.task,
+            "dims": dict(self.dims),
+            "n_characters": int(len(self.tokens)),
+            "n_train": self.n_train,
+            "n_test": int(len(self.test_tokens)),
+            "split": {"kind": "position", "split_at": self.split_at},
+            "vocab": "".join(self.vocab),
+        }
+
+
+# --------------------------------------------------------------------------------------------- loaders
+
+
+def _load_digits(seed: int, test_fraction: float = 0.2) -> ArrayDataset:
+    from sklearn.datasets import load_digits
+
+    test_fraction = _check_fraction("test_fraction", test_fraction)
+    bunch = load_digits()
+    x = np.asarray(bunch.data, dtype=np.float64)
+    y = np.asarray(bunch.target, dtype=np.int64)
+    n = len(x)
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    mean = x[train_idx].mean(axis=0)
+    std = x[train_idx].std(axis=0)
+    std[std == 0] = 1.0
+    xs = (x - mean) / std
+    to = torch.tensor
+    return ArrayDataset(
+        "digits",
+        {"seed": seed, "test_fraction": test_fraction},
+        "classification",
+        {"in_features": 64, "n_classes": 10, "image_size": 8, "in_channels": 1},
+        to(xs[train_idx], dtype=torch.float32),
+        to(y[train_idx]),
+        to(xs[test_idx], dtype=torch.float32),
+        to(y[test_idx]),
+        {"kind": "indices", "train": train_idx.tolist(), "test": test_idx.tolist()},
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _corpus_text() -> str:
+    """CPython's pydoc topics (a dict of strings), joined in sorted key order."""
+    from pydoc_data.topics import topics
+
+    return "".join(topics[k] for k in sorted(topics))
+
+
+def _load_chars(seed: int, block_size: int = 64, val_fraction: float = 0.1, eval_blocks: int = 64) -> CharDataset:
+    block_size = _check_int("block_size", block_size, 1)
+    val_fraction = _check_fraction("val_fraction", val_fraction)
+    eval_blocks = _check_int("eval_blocks", eval_blocks, 1)
+    params = {"seed": seed, "block_size": block_size, "val_fraction": val_fraction, "eval_blocks": eval_blocks}
+    return CharDataset(_corpus_text(), params)
+
+
+def _load_modadd(seed: int, p: int = 97, train_fraction: float = 0.5) -> ArrayDataset:
+    p = _check_int("p", p, 2)
+    train_fraction = _check_fraction("train_fraction", train_fraction)
+    a = torch.arange(p).repeat_interleave(p)
+    b = torch.arange(p).repeat(p)
+    c = (a + b) % p
+    plus, eq = p, p + 1
+    x = torch.stack([a, torch.full_like(a, plus), b, torch.full_like(a, eq)], dim=1)
+    y = torch.full_like(x, IGNORE_INDEX)
+    y[:, -1] = c
+    perm = np.random.default_rng(seed).permutation(p * p)
+    n_train = int(round(p * p * train_fraction))
+    if n_train < 1 or n_train >= p * p:
+        raise ValueError(f"train_fraction={train_fraction} leaves an empty split for p={p}")
+    train_idx, test_idx = np.sort(perm[:n_train]), np.sort(perm[n_train:])
+    tr, te = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
+    return ArrayDataset(
+        "modadd",
+        {"seed": seed, "p": p, "train_fraction": train_fraction},
+        "sequence",
+        {"vocab_size": p + 2, "block_size": 4, "n_classes": p + 2},
+        x[tr],
+        y[tr],
+        x[te],
+        y[te],
+        {"kind": "indices", "index": "a * p + b", "train": train_idx.tolist(), "test": test_idx.tolist()},
+        {"tokens": {"+": plus, "=": eq}},
+    )
+
+
+def _load_parity(seed: int, n_bits: int = 20, k: int = 3, n_train: int = 2000, n_test: int = 1000) -> ArrayDataset:
+    n_bits = _check_int("n_bits", n_bits, 1)
+    k = _check_int("k", k, 1, n_bits)
+    n_train = _check_int("n_train", n_train, 1)
+    n_test = _check_int("n_test", n_test, 1)
+    rng = np.random.default_rng(seed)
+    relevant = np.sort(rng.choice(n_bits, size=k, replace=False))
+    bits = rng.integers(0, 2, size=(n_train + n_test, n_bits)) * 2 - 1
+    labels = (np.prod(bits[:, relevant], axis=1) < 0).astype(np.int64)
+    x = torch.tensor(bits, dtype=torch.float32)
+    y = torch.tensor(labels)
+    return ArrayDataset(
+        "parity",
+        {"seed": seed, "n_bits": n_bits, "k": k, "n_train": n_train, "n_test": n_test},
+        "classification",
+        {"in_features": n_bits, "n_classes": 2},
+        x[:n_train],
+        y[:n_train],
+        x[n_train:],
+        y[n_train:],
+        {"kind": "generated", "train": [0, n_train], "test": [n_train, n_train + n_test]},
+        {"relevant_bits": relevant.tolist()},
+    )
+
+
+def _load_copy(
+    seed: int, length: int = 10, delay: int = 10, n_symbols: int = 8, n_train: int = 2000, n_test: int = 500
+) -> ArrayDataset:
+    length = _check_int("length", length, 1)
+    delay = _check_int("delay", delay, 1)
+    n_symbols = _check_int("n_symbols", n_symbols, 1)
+    n_train = _check_int("n_train", n_train, 1)
+    n_test = _check_int("n_test", n_test, 1)
+    g = torch.Generator().manual_seed(seed)
+    n = n_train + n_test
+    blank, delim = 0, n_symbols + 1
+    t_total = delay + 2 * length
+    sym = torch.randint(1, n_symbols + 1, (n, length), generator=g)
+    x = torch.full((n, t_total), blank, dtype=torch.long)
+    x[:, :length] = sym
+    x[:, length + delay - 1] = delim
+    y = torch.full((n, t_total), IGNORE_INDEX, dtype=torch.long)
+    y[:, -length:] = sym
+    return ArrayDataset(
+        "copy",
+        {"seed": seed, "length": length, "delay": delay, "n_symbols": n_symbols, "n_train": n_train, "n_test": n_test},
+        "sequence",
+        {"vocab_size": n_symbols + 2, "block_size": t_total, "n_classes": n_symbols + 2},
+        x[:n_train],
+        y[:n_train],
+        x[n_train:],
+        y[n_train:],
+        {"kind": "generated", "train": [0, n_train], "test": [n_train, n]},
+        {"tokens": {"blank": blank, "delimiter": delim}, "chance_loss": math.log(n_symbols)},
+    )
+
+
+_LOADERS = {
+    "digits": _load_digits,
+    "chars": _load_chars,
+    "modadd": _load_modadd,
+    "parity": _load_parity,
+    "copy": _load_copy,
+}
+
+
+def names() -> list[str]:
+    """The dataset names :func:`load` accepts."""
+    return sorted(_LOADERS)
+
+
+def load(name: str, seed: int = 0, **kw: Any) -> Dataset:
+    """Load dataset ``name`` deterministically for ``seed`` (see the module docstring for each).
+
+    Keyword arguments and their defaults:
+
+    - ``digits``: ``test_fraction=0.2``.
+    - ``chars``: ``block_size=64, val_fraction=0.1, eval_blocks=64``.
+    - ``modadd``: ``p=97, train_fraction=0.5``.
+    - ``parity``: ``n_bits=20, k=3, n_train=2000, n_test=1000``.
+    - ``copy``: ``length=10, delay=10, n_symbols=8, n_train=2000, n_test=500``.
+
+    Raises ValueError for an unknown name (listing the valid ones) or an out-of-range argument, and
+    TypeError for an argument the dataset does not take.
+    """
+    if name not in _LOADERS:
+        raise ValueError(f"unknown dataset name {name!r}; valid names: {', '.join(names())}")
+    seed = _check_int("seed", seed, 0)
+    fn = _LOADERS[name]
+    import inspect
+
+    accepted = [p for p in inspect.signature(fn).parameters if p != "seed"]
+    unknown = sorted(set(kw) - set(accepted))
+    if unknown:
+        raise TypeError(f"dataset {name!r} got unexpected argument(s) {unknown}; accepted: {accepted}")
+    return fn(seed, **kw)
