@@ -1,0 +1,305 @@
+"""The playground in a real browser: Debian's chromium driven by Playwright for Python.
+
+The server runs under uvicorn in a thread on a free loopback port. The test loads the page, switches to
+Rosenbrock, adds Adam, checks that a trajectory is drawn from the server's numbers, drags a slider and
+checks the redraw, runs a sweep and clicks a cell, and fails on any console error. A screenshot is saved
+to ``artifacts/web/playground.png`` (and the test's tmp_path).
+
+Skipped, with the reason, only when no ``chromium`` executable is installed (``make test`` installs
+Debian's ``chromium``; never a downloaded browser) or Playwright for Python is missing.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = shutil.which("chromium")
+if CHROMIUM is None:
+    pytest.skip(
+        "Debian's chromium is not installed (`apt-get install chromium`, done by `make test` as root); "
+        "browser tests skipped",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+
+import uvicorn  # noqa: E402
+
+from ravine.web import create_app  # noqa: E402
+
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "web"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server_url):
+    ctx = browser.new_context(viewport={"width": 1500, "height": 1150})
+    pg = ctx.new_page()
+    problems: list[str] = []
+    pg.on("console", lambda msg: problems.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
+    pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    pg.problems = problems
+    yield pg
+    ctx.close()
+
+
+def _renders(pg) -> int:
+    return pg.evaluate("window.__ravine.renders")
+
+
+def _wait_render(pg, after: int) -> None:
+    pg.wait_for_function(f"window.__ravine.renders > {after}", timeout=20_000)
+
+
+def _trajectory_traces(pg) -> list[dict]:
+    """The drawn trajectory line traces of the contour plot (Plotly's data on the graph div)."""
+    return pg.evaluate(
+        """() => document.getElementById('contour').data
+             .filter(t => t.mode === 'lines+markers')
+             .map(t => ({name: t.name, x: Array.from(t.x), y: Array.from(t.y)}))"""
+    )
+
+
+def test_playground_end_to_end(page, server_url, tmp_path):
+    pg = page
+    pg.goto(server_url)
+    pg.wait_for_function("window.__ravine && window.__ravine.renders > 0", timeout=30_000)
+
+    # Switch to Rosenbrock.
+    n = _renders(pg)
+    pg.select_option("#surface-select", "rosenbrock")
+    _wait_render(pg, n)
+    pg.wait_for_function("document.getElementById('contour').layout.title.text === 'rosenbrock'")
+    assert pg.evaluate("window.__ravine.result().surface") == "rosenbrock"
+
+    # Add Adam: a third card, and a trajectory named adam drawn from the server's numbers.
+    n = _renders(pg)
+    pg.select_option("#add-name", "adam")
+    pg.click("#btn-add")
+    _wait_render(pg, n)
+    assert pg.locator("#optimizers .opt").count() == 3
+    traces = _trajectory_traces(pg)
+    adam = [t for t in traces if t["name"].startswith("adam")]
+    assert len(adam) == 1
+    result = pg.evaluate("window.__ravine.result()")
+    run = next(r for r in result["runs"] if r["name"] == "adam")
+    assert len(adam[0]["x"]) == result["steps"] + 1 > 10
+    assert adam[0]["x"][:5] == run["x"][:5] and adam[0]["y"][-1] == run["y"][-1]
+    assert adam[0]["x"][0] == pytest.approx(-1.5) and adam[0]["y"][0] == pytest.approx(2.5)  # Rosenbrock start
+    # the line's SVG path is really there
+    assert pg.locator("#contour .scatterlayer .trace path.js-line").count() >= 3
+
+    # Drag Adam's lr slider: the request goes out and the trajectory is redrawn with different points.
+    before = adam[0]
+    n = _renders(pg)
+    slider = pg.locator("#optimizers .opt").nth(2).locator("input[type=range][data-hp=lr]")
+    slider.focus()
+    for _ in range(15):
+        pg.keyboard.press("ArrowLeft")
+    _wait_render(pg, n)
+    pg.wait_for_timeout(300)  # let the debounced last request land
+    lr_now = pg.evaluate("window.__ravine.state().optimizers[2].hyperparams.lr")
+    assert lr_now == pytest.approx(0.05 * 10 ** (-0.15), rel=0.02)
+    after = next(t for t in _trajectory_traces(pg) if t["name"].startswith("adam"))
+    assert after["x"][0] == before["x"][0]
+    assert after["x"][-1] != before["x"][-1]
+    srv = next(r for r in pg.evaluate("window.__ravine.result()")["runs"] if r["name"] == "adam")
+    assert srv["hyperparams"]["lr"] == pytest.approx(lr_now)
+
+    # Sweep Adam's lr x b1 and click a cell: that configuration is loaded into the main view.
+    pg.select_option("#sweep-opt", "2")
+    pg.select_option("#sweep-n", "16")
+    pg.fill("#steps", "100")
+    pg.press("#steps", "Enter")
+    sweeps = pg.evaluate("window.__ravine.sweeps")
+    pg.click("#btn-sweep")
+    pg.wait_for_function(f"window.__ravine.sweeps > {sweeps}", timeout=30_000)
+    pg.wait_for_timeout(300)
+    sweep = pg.evaluate(
+        "() => { const d = document.getElementById('plot-sweep').data[0];"
+        " return {x: Array.from(d.x), y: Array.from(d.y), nz: d.z.length}; }"
+    )
+    assert sweep["nz"] == 16 and len(sweep["x"]) == 16
+    i, j = 5, 11  # y index, x index
+    target = pg.evaluate(
+        """([i, j]) => {
+             const gd = document.getElementById('plot-sweep');
+             const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+             const d = gd.data[0];
+             const box = gd.getBoundingClientRect();
+             return {cx: box.left + xa._offset + xa.l2p(xa.c2l(d.x[j])),
+                     cy: box.top + ya._offset + ya.l2p(ya.c2l(d.y[i])), x: d.x[j], y: d.y[i],
+                     xname: window.__ravine.state().sweep.x.name, yname: window.__ravine.state().sweep.y.name};
+           }""",
+        [i, j],
+    )
+    assert {target["xname"], target["yname"]} == {"lr", "b1"}
+    n = _renders(pg)
+    pg.mouse.move(target["cx"], target["cy"])
+    pg.mouse.click(target["cx"], target["cy"])
+    _wait_render(pg, n)
+    hp = pg.evaluate("window.__ravine.state().optimizers[2].hyperparams")
+    assert hp[target["xname"]] == pytest.approx(target["x"], rel=1e-5)
+    assert hp[target["yname"]] == pytest.approx(target["y"], rel=1e-5)
+    pg.wait_for_timeout(300)
+    srv = next(r for r in pg.evaluate("window.__ravine.result()")["runs"] if r["name"] == "adam")
+    assert srv["hyperparams"][target["xname"]] == pytest.approx(target["x"], rel=1e-5)
+    # the slider moved with it
+    shown = float(pg.locator("#optimizers .opt").nth(2).locator(f"input[data-hp-num={target['xname']}]").input_value())
+    assert shown == pytest.approx(target["x"], rel=1e-4)
+
+    # The URL carries the state: a reload reproduces the same request.
+    url = pg.evaluate("location.href")
+    assert "#" in url and "rosenbrock" in pg.evaluate("decodeURIComponent(location.hash)")
+
+    # Click on the contour: the start point moves there and every run starts from it.
+    spot = pg.evaluate(
+        """() => { const gd = document.getElementById('contour'); const fl = gd._fullLayout;
+                   const box = gd.getBoundingClientRect();
+                   return {cx: box.left + fl.xaxis._offset + fl.xaxis.c2p(0.5),
+                           cy: box.top + fl.yaxis._offset + fl.yaxis.c2p(2.0)}; }"""
+    )
+    n = _renders(pg)
+    pg.mouse.click(spot["cx"], spot["cy"])
+    _wait_render(pg, n)
+    start = pg.evaluate("window.__ravine.result().start")
+    assert start[0] == pytest.approx(0.5, abs=0.02) and start[1] == pytest.approx(2.0, abs=0.02)
+    assert all(t["x"][0] == start[0] and t["y"][0] == start[1] for t in _trajectory_traces(pg))
+
+    # Curvature probe at the start point: eigenvector arrows, the numbers, 2/lambda_max on the lr sliders.
+    pg.click("#btn-probe-start")
+    pg.wait_for_function("document.getElementById('contour').layout.annotations.length === 4", timeout=20_000)
+    info = pg.inner_text("#curv-info")
+    assert "eigenvalues" in info and "condition" in info
+    # Rosenbrock's Hessian at (x, y): [[1200 x^2 - 400 y + 2, -400 x], [-400 x, 200]]
+    x0, y0 = start
+    h = np.array([[1200 * x0**2 - 400 * y0 + 2, -400 * x0], [-400 * x0, 200.0]])
+    lam_max = np.linalg.eigvalsh(h)[-1]
+    assert pg.evaluate("window.__ravine.curvature().stability_lr") == pytest.approx(2 / lam_max, rel=1e-9)
+    mark = pg.locator("#optimizers .opt").nth(2).locator("[data-stab]")
+    assert mark.is_visible() and "2/" in mark.get_attribute("title")
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for path in (tmp_path / "playground.png", ARTIFACTS / "playground.png"):
+        pg.screenshot(path=str(path), full_page=True)
+    assert not pg.problems, "\n".join(pg.problems)
+
+
+def test_link_reproduces_view_and_diverged_run_is_marked(page, server_url):
+    """A shared link restores the state; a diverging configuration is drawn as diverged, not broken."""
+    import json
+    from urllib.parse import quote
+
+    state = {
+        "surface": {"name": "valley", "params": {"condition": 25.0}, "expression": None},
+        "start": [-1.5, 0.5],
+        "steps": 60,
+        "optimizers": [{"name": "gd", "color": "#2f5fd0", "hyperparams": {"lr": 0.5}}],
+    }
+    pg = page
+    pg.goto(server_url + "#" + quote(json.dumps(state)))
+    pg.wait_for_function("window.__ravine && window.__ravine.renders > 0", timeout=30_000)
+    result = pg.evaluate("window.__ravine.result()")
+    run = result["runs"][0]
+    # GD on f = (x^2 + 25 y^2)/2 with lr 0.5 > 2/25 diverges along y.
+    assert result["surface"] == "valley" and run["diverged"] is True and run["diverged_at"] > 0
+    assert all(v is None or math.isfinite(v) for v in run["loss"])
+    legend = pg.evaluate("document.getElementById('contour').data.filter(t => t.mode === 'lines+markers')[0].name")
+    assert "diverged" in legend
+    assert pg.locator("#summary .diverged").count() == 1
+    assert pg.input_value("#steps") == "60"
+    assert not pg.problems, "\n".join(pg.problems)
+
+
+def test_expression_error_is_shown_with_its_position(page, server_url):
+    pg = page
+    pg.goto(server_url)
+    pg.wait_for_function("window.__ravine && window.__ravine.renders > 0", timeout=30_000)
+    pg.fill("#expression", "x**2 + import(y)")
+    pg.wait_for_selector("#expression-error:not([hidden])", timeout=10_000)
+    text = pg.inner_text("#expression-error")
+    assert "position 7" in text and "^" in text
+    n = _renders(pg)
+    pg.fill("#expression", "x**2 + 3*y**2")
+    _wait_render(pg, n)
+    assert pg.is_hidden("#expression-error")
+    assert pg.evaluate("window.__ravine.result().surface") == "custom"
+    n = _renders(pg)
+    pg.fill("#expr-box", "3")
+    pg.press("#expr-box", "Enter")
+    _wait_render(pg, n)
+    pg.wait_for_function("document.getElementById('contour').layout.xaxis.range[1] === 3", timeout=10_000)
+    assert pg.evaluate("window.__ravine.result().start") == [-3 + 6 / 8, 3 - 6 / 8]  # parse's default start
+    assert not pg.problems, "\n".join(pg.problems)
+
+
+def test_exports_png_json_and_python(page, server_url, tmp_path):
+    pg = page
+    pg.goto(server_url)
+    pg.wait_for_function("window.__ravine && window.__ravine.renders > 0", timeout=30_000)
+    with pg.expect_download(timeout=30_000) as dl:
+        pg.click("#btn-json")
+    path = tmp_path / "view.json"
+    dl.value.save_as(path)
+    import json
+
+    data = json.loads(path.read_text())
+    assert data["request"]["surface"] == {"name": "bowl", "params": {}}
+    assert data["response"]["runs"][0]["x"][0] == data["response"]["start"][0]
+    with pg.expect_download(timeout=30_000) as dl:
+        pg.click("#btn-png")
+    png = tmp_path / "view.png"
+    dl.value.save_as(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pg.click("#btn-python")
+    pg.wait_for_selector("#python-dialog[open]", timeout=10_000)
+    code = pg.input_value("#python-code")
+    assert "sim.run(" in code and "rs.get('bowl')" in code
+    compile(code, "snippet.py", "exec")
+    pg.click("#btn-python-close")
+    assert not pg.problems, "\n".join(pg.problems)
