@@ -1,6 +1,6 @@
 """Parity with torch.optim: the contract of ravine's torch-compatible classes.
 
-Every option torch offers on SGD, Adam, AdamW, RMSprop and Adagrad, 120 steps on a real model
+Every option torch offers on SGD, Adam, AdamW, RMSprop and Adagrad, 100 steps on a real model
 (an MLP on scikit-learn's digits) in float64, two param groups with different hyperparameters,
 and a torch LR scheduler: parameters and optimizer state must match torch to 1e-10.
 """
@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 
 import ravine.optim as ro
 
-STEPS = 120
+STEPS = 100
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_closure_matches_torch(digits):
         opt = cls(model.parameters(), lr=0.1, momentum=0.9)
         losses = []
         for _ in range(20):
-            def closure():
+            def closure(opt=opt, model=model):
                 opt.zero_grad()
                 loss = torch.nn.functional.cross_entropy(model(X), y)
                 loss.backward()
