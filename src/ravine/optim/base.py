@@ -147,6 +147,12 @@ def resolve(value: Hyper, step: int) -> float | Tensor:
 
 
 def is_number(x: Any) -> bool:
+    """A real Python/numpy number (not a bool, not a tensor). On the hot path of every update."""
+    t = type(x)
+    if t is float or t is int:
+        return True
+    if t is bool or t is Tensor:
+        return False
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
