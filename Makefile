@@ -11,7 +11,6 @@ TORCH := torch==2.13.0
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.lab: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
