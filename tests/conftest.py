@@ -1,12 +1,11 @@
 """Shared test fixtures."""
 
-import os
-
 import pytest
 import torch
 
-# Two cores: keep torch from oversubscribing them when tests run next to each other.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: the tests use small tensors, where a second thread costs more in
+# synchronisation than it gains, and under load (CI next to other work) it costs 10-20x.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -24,6 +24,12 @@ def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Save ``fig`` to ``path`` atomically (temporary file in the same folder, then rename).
 
@@ -36,6 +42,7 @@ def save(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix.lstrip("."))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a figure is as readable as any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

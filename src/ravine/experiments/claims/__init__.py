@@ -1,0 +1,81 @@
+"""The chapter's claims as experiments with measured verdicts.
+
+Each experiment module defines ``NAME``, ``TITLE``, ``CLAIM`` (the chapter's claim, in its words where
+it has them), ``execute(size, store, progress)`` (train through the harness, measure, draw) and a pure
+``verdict(measurements) -> Verdict``; its ``EXPERIMENT`` object bundles them. ``Experiment.run(quick,
+store, progress)`` returns a :class:`Result` and saves it; the report (:mod:`ravine.report`) shows it.
+
+=================  ====================================================================================
+name               claim
+=================  ====================================================================================
+``optimizers``     GD vs SGD vs momentum vs RMSProp vs Adam vs AdamW on digits: per-update cost,
+                   loss against steps and against wall-clock
+``adam-ablation``  Adam vs no bias correction vs no second moment (= momentum) vs no first moment
+``adamw-vs-l2``    lr x weight-decay grids: AdamW's best decay barely moves with lr, Adam+L2's does
+``schedules``      constant vs warmup+cosine vs WSD on a tiny transformer; WSD's branch-off
+``finetune``       fine-tuning with the pretraining lr, a 30x smaller one, layer-wise lr decay
+``warmup``         Post-LN vs Pre-LN with/without warmup across lrs and seeds; Adam's early v
+``clipping``       an RNN with exploding gradients, with and without global-norm clipping
+=================  ====================================================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ravine.experiments.claims._core import (
+    SIZES,
+    STATUSES,
+    Check,
+    Experiment,
+    Progress,
+    Result,
+    Store,
+    Verdict,
+    combine,
+    threshold_check,
+)
+
+__all__ = [
+    "SIZES",
+    "STATUSES",
+    "Check",
+    "Experiment",
+    "Progress",
+    "Result",
+    "Store",
+    "Verdict",
+    "all_experiments",
+    "combine",
+    "get",
+    "names",
+    "threshold_check",
+]
+
+# name -> module (in the order the report shows them)
+_MODULES = {
+    "optimizers": "optimizers",
+    "adam-ablation": "adam_ablation",
+    "adamw-vs-l2": "adamw_l2",
+    "schedules": "schedules",
+    "finetune": "finetune",
+    "warmup": "warmup",
+    "clipping": "clipping",
+}
+
+
+def names() -> list[str]:
+    """The experiment names, in report order."""
+    return list(_MODULES)
+
+
+def get(name: str) -> Experiment:
+    """The experiment called ``name`` (ValueError listing the valid names otherwise)."""
+    if name not in _MODULES:
+        raise ValueError(f"unknown experiment {name!r}; valid names: {', '.join(names())}")
+    return importlib.import_module(f"ravine.experiments.claims.{_MODULES[name]}").EXPERIMENT
+
+
+def all_experiments() -> list[Experiment]:
+    """Every experiment, in report order."""
+    return [get(n) for n in names()]

@@ -1,0 +1,114 @@
+"""The report's 2D gallery: optimizers walking test surfaces, and hyperparameter sweeps.
+
+Everything is computed by :mod:`ravine.simulate` (batched trajectories and sweeps of the same
+``ravine.optim`` transforms the networks use) and drawn by :mod:`ravine.plots.surfaces`. A figure that
+already exists is reused (the gallery is deterministic), so an interrupted report continues. When the
+2D world is not installed the gallery says so and the report goes on without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ravine.experiments.claims._core import Progress
+from ravine.report.html import GalleryItem
+
+# (file stem, title, caption, kind, arguments)
+ITEMS: list[tuple[str, str, str, str, dict[str, Any]]] = [
+    (
+        "valley",
+        "A narrow valley",
+        "GD, momentum, RMSProp and Adam at the simulator's suggested learning rates on a valley with condition "
+        "number 25: the paths (left) and the loss gap per step (right) show how each handles the steep and the "
+        "flat direction.",
+        "run",
+        {"surface": "valley", "optimizers": ["gd", "momentum", "rmsprop", "adam"], "steps": 200},
+    ),
+    (
+        "rosenbrock",
+        "Rosenbrock's banana",
+        "GD, momentum and Adam for 500 steps along the curved valley floor.",
+        "run",
+        {"surface": "rosenbrock", "optimizers": ["gd", "momentum", "adam"], "steps": 500},
+    ),
+    (
+        "saddle",
+        "Near a saddle point",
+        "GD, momentum, RMSProp and Adam started near a saddle point, where the gradient almost vanishes.",
+        "run",
+        {"surface": "saddle", "optimizers": ["gd", "momentum", "rmsprop", "adam"], "steps": 200},
+    ),
+    (
+        "sweep_momentum_valley",
+        "Sweep: momentum on the valley (learning rate x beta)",
+        "Final loss and steps to tolerance for every (lr, beta) pair, one batched run; hatched cells diverged.",
+        "sweep",
+        {"surface": "valley", "optimizer": "momentum", "steps": 300},
+    ),
+    (
+        "sweep_adam_rosenbrock",
+        "Sweep: Adam on Rosenbrock (learning rate x b1)",
+        "Adam's learning rate and first-moment decay on the banana valley.",
+        "sweep",
+        {"surface": "rosenbrock", "optimizer": "adam", "steps": 500, "y": "b1"},
+    ),
+]
+
+
+def _draw(kind: str, args: dict[str, Any], path: Path, size: str) -> None:
+    from ravine import simulate as sim
+    from ravine.plots import surfaces as ps
+
+    n = {"tiny": 6, "quick": 24, "full": 48}[size]
+    steps = args["steps"] if size != "tiny" else 10
+    if kind == "run":
+        tr = sim.run(args["surface"], args["optimizers"], steps=steps)
+        ps.save_trajectories_figure(tr, path)
+    else:
+        y_name = args.get("y", "beta")
+        y_values = np.linspace(0.0, 0.99, n) if y_name in ("beta", "b1") else np.geomspace(1e-3, 1.0, n)
+        sw = sim.sweep(
+            args["surface"],
+            optimizer=args["optimizer"],
+            x=("lr", np.geomspace(1e-4, 1.0, n)),
+            y=(y_name, y_values),
+            steps=steps,
+        )
+        ps.save_sweep_figure(sw, path)
+
+
+def build_gallery(folder: Path, size: str, progress: Progress, draw: bool = True) -> tuple[list[GalleryItem], str]:
+    """Draw (or reuse) the gallery's figures in ``folder``; returns the items and a note for the page.
+
+    ``draw=False`` only collects the figures already drawn."""
+    try:
+        import ravine.plots.surfaces  # noqa: F401
+        import ravine.simulate  # noqa: F401
+    except ImportError as e:
+        return [], f"The 2D world (ravine.simulate, ravine.plots.surfaces) is not available here: {e}."
+    folder = Path(folder)
+    items: list[GalleryItem] = []
+    failed: list[str] = []
+    with progress.bar(len(ITEMS), "2D gallery") as bar:
+        for stem, title, caption, kind, args in ITEMS:
+            path = folder / f"{stem}.png"
+            if draw and not path.exists():
+                try:
+                    _draw(kind, args, path, size)
+                except Exception as e:  # one broken figure must not cost the report
+                    failed.append(f"{stem} ({type(e).__name__}: {e})")
+            if path.exists():
+                items.append(GalleryItem(title, str(path), caption))
+            bar.update(1)
+    note = (
+        "Computed by ravine.simulate (the same ravine.optim transforms as the networks, batched over runs) and "
+        "drawn by ravine.plots.surfaces."
+    )
+    if failed:
+        note += " Not drawn: " + "; ".join(failed) + "."
+    if not draw and len(items) < len(ITEMS):
+        note += " Some figures were not drawn in this invocation (gallery drawing was switched off)."
+    return items, note
