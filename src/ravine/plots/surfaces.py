@@ -285,10 +285,19 @@ def plot_sweep(sw, ax=None, metric: str = "final_loss", title: str | None = None
 
 
 def save_sweep_figure(sw, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Two heatmaps side by side (final loss, steps to tolerance), saved atomically to ``path``."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(16, 6.4), gridspec_kw={"wspace": 0.4})
-    plot_sweep(sw, ax=a, metric="final_loss")
-    plot_sweep(sw, ax=b, metric="steps_to_tol")
+    """Heatmaps of final loss and steps to tolerance, saved atomically to ``path``.
+
+    When no cell reached the tolerance the second map would be blank, so only the final loss is drawn
+    (its title says so).
+    """
+    if (np.asarray(sw.steps_to_tol) >= 0).any():
+        fig, (a, b) = plt.subplots(1, 2, figsize=(16, 6.4), gridspec_kw={"wspace": 0.4})
+        plot_sweep(sw, ax=a, metric="final_loss")
+        plot_sweep(sw, ax=b, metric="steps_to_tol")
+    else:
+        fig, a = plt.subplots(figsize=(8.5, 6.4))
+        plot_sweep(sw, ax=a, metric="final_loss")
+        a.set_title(a.get_title() + "\n(no cell reached the tolerance)", fontsize=10)
     if title:
         fig.suptitle(title)
     return save(fig, path)
