@@ -6,13 +6,13 @@ The helpers for surfaces, ``key=value`` lists and JSON output are shared with ``
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from ravine import _io
 
 _EPILOG = """\
 examples:
@@ -121,17 +121,7 @@ def add_surface_arguments(p: argparse.ArgumentParser, default: str) -> None:
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     """Write ``data`` as JSON (no NaN/inf) to a temporary file, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return _io.write_json(path, data, indent=None, fsync=False)
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:

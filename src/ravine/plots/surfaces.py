@@ -19,13 +19,13 @@ values on a grid for the contours. Colours follow :func:`ravine.plots._style.col
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib.patches import Patch
 
+from ravine._io import atomic_path
 from ravine.plots._style import color, plt, save
 
 __all__ = [
@@ -350,15 +350,9 @@ def save_gif(tr, path: str | os.PathLike, frames: int = 60, fps: int = 12, n: in
         return [*lines, *heads, title]
 
     anim = FuncAnimation(fig, draw, frames=len(marks), blit=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".gif", dir=path.parent)
-    os.close(fd)
     try:
-        anim.save(tmp, writer=PillowWriter(fps=fps), dpi=80)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path, suffix=".gif") as tmp:
+            anim.save(tmp, writer=PillowWriter(fps=fps), dpi=80)
     finally:
         plt.close(fig)
     return path
