@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # torch 2.13.0 is the local CPU build; an unpinned torch would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint venv browser clean
+.PHONY: demo test lint venv browser bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,11 @@ lint: $(VENV)/.test
 test: $(VENV)/.test browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# The peers the benchmarks measure against (PyHessian, loss-landscapes); never imported by ravine.
+bench: $(VENV)/.test
+	$(BIN)/pip install -q -e '.[bench]'
+	@echo "run e.g. $(BIN)/python benchmarks/step.py --quick (see README, Performance)"
 
 demo: $(VENV)/.lab
 	$(BIN)/ravine report --quick
