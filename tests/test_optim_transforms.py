@@ -273,3 +273,15 @@ def test_wrong_types_are_type_errors():
         ro.adam("fast")
     with pytest.raises(TypeError, match="must be a ravine.optim.Transform"):
         ro.chain(ro.adam(), torch.optim.Adam)
+
+
+def test_clip_by_global_norm_matches_torch_just_below_the_threshold():
+    """clip_grad_norm_ scales by max/(n + 1e-6) < 1 even when n is a hair below max: so do we."""
+    g = torch.tensor([0.6, 0.8], dtype=torch.float64) * (1.0 - 4e-7)  # norm 1 - 4e-7 < max_norm = 1
+    p = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    p.grad = g.clone()
+    torch.nn.utils.clip_grad_norm_([p], 1.0)
+    assert not torch.equal(p.grad, g)  # torch did scale
+    t = ro.clip_by_global_norm(1.0)
+    (u,), state = t.update([g.clone()], t.init([g]))
+    assert torch.equal(u, p.grad) and not bool(state["clipped"])

@@ -126,12 +126,20 @@ class Optimizer(torch.optim.Optimizer):
             hyperparameter of ``transform`` (see ``transform.hyperparams``).
         transform: a :class:`ravine.optim.Transform`.
         nonfinite: ``"skip"`` (default), ``"raise"`` or ``"apply"``; see the module docstring.
+        fused: ``False`` (default): one foreach op per transform pass over the parameter list.
+            ``True``: parameters, gradients and state in flat buffers and the chain compiled by
+            ``torch.compile`` into one kernel (the flat path, with a warning, where compilation is
+            unavailable); ``"flat"``: flat buffers without compiling; ``"compile"``: compile or
+            raise; ``None``: the flat path where the chain allows it, else unfused. Same numbers
+            to float rounding and the same ``state_dict``; see :mod:`ravine.optim.fused`.
 
     After each ``step()``: ``stats`` holds ``grad_norm`` and ``clipped`` when the chain clips
     (per group: ``stats["groups"]``), and ``skipped_steps`` counts skipped steps.
     """
 
-    def __init__(self, params: Iterable[Any], transform: Transform, *, nonfinite: str = "skip"):
+    def __init__(
+        self, params: Iterable[Any], transform: Transform, *, nonfinite: str = "skip", fused: bool | str | None = False
+    ):
         if not isinstance(transform, Transform):
             raise TypeError(
                 f"transform must be a ravine.optim.Transform (e.g. ravine.optim.adamw(1e-3)), "
@@ -145,13 +153,20 @@ class Optimizer(torch.optim.Optimizer):
         self._stats: list[dict[str, Any]] = []
         self._buffers: dict[Tensor, Tensor] = {}
         self._layouts: dict[str, Any] = {}
+        from .fused import FUSED_MODES, FusedEngine
+
+        if not any(fused is m for m in FUSED_MODES) and fused not in ("flat", "compile"):
+            raise ValueError(f"fused={fused!r} is not allowed; choose one of {list(FUSED_MODES)}")
+        self.fused = fused
+        self._fused = None if fused is False else FusedEngine(self, fused)
         super().__init__(params, dict(transform.hyperparams))
 
     # -- groups and hyperparameters ------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         unknown = sorted(
-            k for k in param_group
+            k
+            for k in param_group
             if k not in self.transform.hyperparams and k not in ("params", "param_names", "initial_lr")
         )
         if unknown:
@@ -191,8 +206,10 @@ class Optimizer(torch.optim.Optimizer):
         if "lr_peak" in hp and hp["lr_peak"] is None:
             sched = schedules.get("lr")
             hp["lr_peak"] = (
-                getattr(sched, "peak", None) if sched is not None else None
-            ) or group.get("initial_lr") or group.setdefault("first_lr", group["lr"])
+                (getattr(sched, "peak", None) if sched is not None else None)
+                or group.get("initial_lr")
+                or group.setdefault("first_lr", group["lr"])
+            )
         return self.transform.with_hyperparams(**hp)
 
     # -- the step ------------------------------------------------------------------------------
@@ -238,6 +255,9 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._fused is not None:
+            self._stats = self._fused.step()
+            return loss
         if self.nonfinite != "apply" and not self._check_finite():
             self._stats = []
             return loss
@@ -329,6 +349,8 @@ class Optimizer(torch.optim.Optimizer):
             for g in self.param_groups
         ]
         super().load_state_dict(state_dict)
+        if self._fused is not None:
+            self._fused.reset()
         for g, kept in zip(self.param_groups, keep):
             g.update(kept)
             g.setdefault("scheduled_values", {})
@@ -348,17 +370,39 @@ class Optimizer(torch.optim.Optimizer):
 class SGD(Optimizer):
     """torch.optim.SGD's signature and defaults, computed by ``torch_sgd``'s chain."""
 
-    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
-                 maximize=False, nonfinite="skip"):
-        super().__init__(params, torch_sgd(lr, momentum, dampening, weight_decay, nesterov, maximize),
-                         nonfinite=nonfinite)
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        momentum=0.0,
+        dampening=0.0,
+        weight_decay=0.0,
+        nesterov=False,
+        *,
+        maximize=False,
+        nonfinite="skip",
+    ):
+        super().__init__(
+            params, torch_sgd(lr, momentum, dampening, weight_decay, nesterov, maximize), nonfinite=nonfinite
+        )
 
 
 class Adam(Optimizer):
     """torch.optim.Adam's signature and defaults, computed by ``torch_adam``'s chain."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
-                 maximize=False, decoupled_weight_decay=False, nonfinite="skip"):
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        amsgrad=False,
+        *,
+        maximize=False,
+        decoupled_weight_decay=False,
+        nonfinite="skip",
+    ):
         super().__init__(
             params,
             torch_adam(lr, tuple(betas), eps, weight_decay, amsgrad, maximize, decoupled_weight_decay),
@@ -369,27 +413,61 @@ class Adam(Optimizer):
 class AdamW(Optimizer):
     """torch.optim.AdamW's signature and defaults, computed by ``torch_adamw``'s chain."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False, nonfinite="skip"):
-        super().__init__(params, torch_adamw(lr, tuple(betas), eps, weight_decay, amsgrad, maximize),
-                         nonfinite=nonfinite)
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=1e-2,
+        amsgrad=False,
+        *,
+        maximize=False,
+        nonfinite="skip",
+    ):
+        super().__init__(
+            params, torch_adamw(lr, tuple(betas), eps, weight_decay, amsgrad, maximize), nonfinite=nonfinite
+        )
 
 
 class RMSprop(Optimizer):
     """torch.optim.RMSprop's signature and defaults, computed by ``torch_rmsprop``'s chain."""
 
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
-                 maximize=False, nonfinite="skip"):
-        super().__init__(params, torch_rmsprop(lr, alpha, eps, weight_decay, momentum, centered, maximize),
-                         nonfinite=nonfinite)
+    def __init__(
+        self,
+        params,
+        lr=1e-2,
+        alpha=0.99,
+        eps=1e-8,
+        weight_decay=0.0,
+        momentum=0.0,
+        centered=False,
+        *,
+        maximize=False,
+        nonfinite="skip",
+    ):
+        super().__init__(
+            params, torch_rmsprop(lr, alpha, eps, weight_decay, momentum, centered, maximize), nonfinite=nonfinite
+        )
 
 
 class Adagrad(Optimizer):
     """torch.optim.Adagrad's signature and defaults, computed by ``torch_adagrad``'s chain."""
 
-    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
-                 eps=1e-10, *, maximize=False, nonfinite="skip"):
+    def __init__(
+        self,
+        params,
+        lr=1e-2,
+        lr_decay=0.0,
+        weight_decay=0.0,
+        initial_accumulator_value=0.0,
+        eps=1e-10,
+        *,
+        maximize=False,
+        nonfinite="skip",
+    ):
         super().__init__(
-            params, torch_adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize),
+            params,
+            torch_adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize),
             nonfinite=nonfinite,
         )

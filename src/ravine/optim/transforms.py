@@ -146,7 +146,13 @@ def trace(beta: Hyper = 0.9, form: str = "ema", dampening: Hyper = 0.0, nesterov
             else:
                 torch._foreach_copy_(g, bufs)
         else:
-            if step == 0:
+            if isinstance(step, Tensor):
+                # compiled (fused) path, where the step is a 0-dim tensor: the same first-step rule
+                # (b = g, then b = beta * b + (1 - dampening) * g) without a data-dependent branch.
+                d = 1 - resolve(dampening, step)
+                for bi, gi in zip(bufs, g):
+                    bi.copy_(torch.where(step == 0, gi, bi * b + gi * d))
+            elif step == 0:
                 torch._foreach_copy_(bufs, g)
             else:
                 mul_(bufs, b)
@@ -283,8 +289,7 @@ def scale_by_rss(eps: Hyper = 1e-10, initial_accumulator_value: float = 0.0) -> 
     def init(params: Params) -> State:
         return {
             "step": 0,
-            "sum": [torch.full_like(p, initial_accumulator_value, memory_format=torch.preserve_format)
-                    for p in params],
+            "sum": [torch.full_like(p, initial_accumulator_value, memory_format=torch.preserve_format) for p in params],
         }
 
     def update(g: Params, state: State, params: Params | None = None) -> tuple[Params, State]:
@@ -414,7 +419,9 @@ def clip_by_global_norm(max_norm: Hyper = 1.0, per_row: bool = False) -> Transfo
         n = _global_norm(u, per_row)
         coef = torch.clamp(mx / (n + 1e-6), max=1.0)
         clipped = n > mx
-        if per_row or n.device.type != "cpu" or bool(clipped):
+        # clip_grad_norm_ always multiplies by the clamped coefficient (compiled code does too). On CPU,
+        # reading it costs no sync, and where it is exactly 1 the multiply changes nothing: skip that pass.
+        if per_row or n.device.type != "cpu" or torch.compiler.is_compiling() or bool(coef < 1):
             if per_row:
                 for x in u:
                     x.mul_(coef.reshape(coef.shape[0], *([1] * (x.dim() - 1))).to(x.dtype))
