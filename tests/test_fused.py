@@ -431,3 +431,22 @@ def test_tied_parameters_are_not_flattened():
     a.grad, b.grad = torch.ones(10), torch.ones(10)
     with pytest.raises(ValueError, match="share memory"):
         ro.Optimizer([a, b], ro.sgd(0.1), fused="flat").step()
+
+
+def test_torch_style_classes_take_fused():
+    """ravine.optim.AdamW(..., fused="flat") runs the flat path with the same numbers as unfused."""
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, 2)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [ro.AdamW(models[0].parameters(), lr=1e-2), ro.AdamW(models[1].parameters(), lr=1e-2, fused="flat")]
+    X = torch.randn(16, 6)
+    for _ in range(20):
+        for m, o in zip(models, opts):
+            o.zero_grad()
+            m(X).pow(2).mean().backward()
+            o.step()
+    assert opts[1].fused == "flat"
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="fused='fast' is not allowed"):
+        ro.SGD(models[0].parameters(), lr=0.1, fused="fast")

@@ -364,7 +364,8 @@ class Optimizer(torch.optim.Optimizer):
 
 
 # ---------------------------------------------------------------------------------------------
-# torch-compatible classes: torch's signatures and defaults, the chains of ravine.optim.alias
+# torch-compatible classes: torch's signatures and defaults, the chains of ravine.optim.alias;
+# ``nonfinite`` and ``fused`` as in Optimizer (torch's ``fused`` picks its own kernel; ours the fused path)
 
 
 class SGD(Optimizer):
@@ -381,9 +382,13 @@ class SGD(Optimizer):
         *,
         maximize=False,
         nonfinite="skip",
+        fused=False,
     ):
         super().__init__(
-            params, torch_sgd(lr, momentum, dampening, weight_decay, nesterov, maximize), nonfinite=nonfinite
+            params,
+            torch_sgd(lr, momentum, dampening, weight_decay, nesterov, maximize),
+            nonfinite=nonfinite,
+            fused=fused,
         )
 
 
@@ -402,11 +407,13 @@ class Adam(Optimizer):
         maximize=False,
         decoupled_weight_decay=False,
         nonfinite="skip",
+        fused=False,
     ):
         super().__init__(
             params,
             torch_adam(lr, tuple(betas), eps, weight_decay, amsgrad, maximize, decoupled_weight_decay),
             nonfinite=nonfinite,
+            fused=fused,
         )
 
 
@@ -424,9 +431,13 @@ class AdamW(Optimizer):
         *,
         maximize=False,
         nonfinite="skip",
+        fused=False,
     ):
         super().__init__(
-            params, torch_adamw(lr, tuple(betas), eps, weight_decay, amsgrad, maximize), nonfinite=nonfinite
+            params,
+            torch_adamw(lr, tuple(betas), eps, weight_decay, amsgrad, maximize),
+            nonfinite=nonfinite,
+            fused=fused,
         )
 
 
@@ -445,9 +456,13 @@ class RMSprop(Optimizer):
         *,
         maximize=False,
         nonfinite="skip",
+        fused=False,
     ):
         super().__init__(
-            params, torch_rmsprop(lr, alpha, eps, weight_decay, momentum, centered, maximize), nonfinite=nonfinite
+            params,
+            torch_rmsprop(lr, alpha, eps, weight_decay, momentum, centered, maximize),
+            nonfinite=nonfinite,
+            fused=fused,
         )
 
 
@@ -465,9 +480,11 @@ class Adagrad(Optimizer):
         *,
         maximize=False,
         nonfinite="skip",
+        fused=False,
     ):
         super().__init__(
             params,
             torch_adagrad(lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize),
             nonfinite=nonfinite,
+            fused=fused,
         )
