@@ -256,3 +256,23 @@ def test_constructor_errors():
         ro.Optimizer(model.parameters(), ro.adam(), nonfinite="ignore")
     with pytest.raises(ValueError, match=r"SGD: lr=-0.1 is out of range"):
         ro.SGD(model.parameters(), lr=-0.1)
+
+
+def test_decoupled_decay_peak_from_torch_scheduler_or_warning():
+    """The paper's decay multiplier lr_t / peak: the peak comes from a torch scheduler's initial_lr."""
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = ro.Optimizer([w], ro.adamw(0.1, weight_decay=0.01, decay_convention="decoupled"))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 ** k)
+    for _ in range(4):
+        w.grad = torch.zeros(3)  # no gradient: only the decay acts, by 0.01 * 0.5**step
+        opt.step()
+        sched.step()
+    torch.testing.assert_close(w.detach(), torch.ones(3) * (1 - 0.01) * (1 - 0.005) * (1 - 0.0025) * (1 - 0.00125))
+    # a hand-written warmup without lr_peak: the adapter cannot know the peak, and says so
+    v = torch.nn.Parameter(torch.ones(3))
+    opt = ro.Optimizer([v], ro.adamw(0.01, weight_decay=0.01, decay_convention="decoupled"))
+    v.grad = torch.zeros(3)
+    opt.step()
+    opt.param_groups[0]["lr"] = 0.1
+    with pytest.warns(RuntimeWarning, match="pass lr_peak"):
+        opt.step()

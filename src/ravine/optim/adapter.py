@@ -205,11 +205,20 @@ class Optimizer(torch.optim.Optimizer):
         hp = {k: group[k] for k in self.transform.hyperparams}
         if "lr_peak" in hp and hp["lr_peak"] is None:
             sched = schedules.get("lr")
-            hp["lr_peak"] = (
-                (getattr(sched, "peak", None) if sched is not None else None)
-                or group.get("initial_lr")
-                or group.setdefault("first_lr", group["lr"])
-            )
+            peak = (getattr(sched, "peak", None) if sched is not None else None) or group.get("initial_lr")
+            if peak is None:
+                # nothing says where the learning rate peaks: take the first one (right for a constant lr)
+                peak = group.setdefault("first_lr", group["lr"])
+                if advance and group["lr"] > peak and not group.get("warned_lr_peak"):
+                    group["warned_lr_peak"] = True
+                    warnings.warn(
+                        f"decoupled weight decay assumes the learning rate peaks at its first value {peak!r}, "
+                        f"but group['lr'] is now {group['lr']!r}: pass lr_peak=... (the schedule's peak) when "
+                        "you set group['lr'] yourself, or use a ravine schedule or a torch LR scheduler",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+            hp["lr_peak"] = peak
         return self.transform.with_hyperparams(**hp)
 
     # -- the step ------------------------------------------------------------------------------
