@@ -203,7 +203,7 @@ class Optimizer(torch.optim.Optimizer):
                 group[k] = float(fn(step))
                 written[k] = group[k]
         hp = {k: group[k] for k in self.transform.hyperparams}
-        if "lr_peak" in hp and hp["lr_peak"] is None:
+        if "lr_peak" in hp and hp["lr_peak"] is None and hp.get("decay_convention") == "decoupled":
             sched = schedules.get("lr")
             peak = (getattr(sched, "peak", None) if sched is not None else None) or group.get("initial_lr")
             if peak is None:
