@@ -249,6 +249,14 @@ def _check_lr(lr: Any, where: str) -> None:
     check_range("lr", lr, 0.0, where=where)
 
 
+def _torch_prefix(maximize: bool, weight_decay: Any) -> list[Transform]:
+    """What torch does to the gradient first: negate it (``maximize``), add coupled L2."""
+    parts: list[Transform] = [scale(-1.0)] if maximize else []
+    if _nonzero(weight_decay):
+        parts.append(add_l2(weight_decay))
+    return parts
+
+
 @transform()
 def torch_sgd(
     lr: Hyper = 1e-3,
@@ -268,9 +276,7 @@ def torch_sgd(
             f"{where}nesterov=True requires momentum > 0 and dampening = 0, got momentum={momentum!r}, "
             f"dampening={dampening!r}"
         )
-    parts: list[Transform] = [scale(-1.0)] if maximize else []
-    if _nonzero(weight_decay):
-        parts.append(add_l2(weight_decay))
+    parts = _torch_prefix(maximize, weight_decay)
     if _nonzero(momentum):
         parts.append(trace(momentum, form="heavy_ball", dampening=dampening, nesterov=nesterov))
     parts.append(scale_by_learning_rate(lr))
@@ -303,9 +309,7 @@ def torch_adam(
     b1, b2 = _betas(betas, where)
     check_range("eps", eps, 0.0, where=where)
     check_range("weight_decay", weight_decay, 0.0, where=where)
-    parts: list[Transform] = [scale(-1.0)] if maximize else []
-    if _nonzero(weight_decay) and not decoupled_weight_decay:
-        parts.append(add_l2(weight_decay))
+    parts = _torch_prefix(maximize, 0.0 if decoupled_weight_decay else weight_decay)
     parts.append(scale_by_adam(b1, b2, eps, True, amsgrad))
     if _nonzero(weight_decay) and decoupled_weight_decay:
         parts.append(add_decayed_weights(weight_decay))
@@ -342,9 +346,7 @@ def torch_rmsprop(
     check_range("alpha", alpha, 0.0, 1.0, high_open=True, where=where)
     check_range("momentum", momentum, 0.0, 1.0, high_open=True, where=where)
     check_range("weight_decay", weight_decay, 0.0, where=where)
-    parts: list[Transform] = [scale(-1.0)] if maximize else []
-    if _nonzero(weight_decay):
-        parts.append(add_l2(weight_decay))
+    parts = _torch_prefix(maximize, weight_decay)
     parts.append(scale_by_rms(alpha, eps, centered))
     if _nonzero(momentum):
         # torch's buffer starts at zero: b = momentum * 0 + g equals the heavy-ball first-step rule.
@@ -366,9 +368,7 @@ def torch_adagrad(
     where = "Adagrad: "
     _check_lr(lr, where)
     check_range("weight_decay", weight_decay, 0.0, where=where)
-    parts: list[Transform] = [scale(-1.0)] if maximize else []
-    if _nonzero(weight_decay):
-        parts.append(add_l2(weight_decay))
+    parts = _torch_prefix(maximize, weight_decay)
     parts.append(adagrad(lr, eps, initial_accumulator_value, lr_decay))
     return chain(*parts)
 

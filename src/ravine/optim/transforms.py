@@ -338,10 +338,14 @@ def add_decayed_weights(
     where = "add_decayed_weights: "
     check_range("weight_decay", weight_decay, 0.0, where=where)
     check_choice("convention", convention, ("torch", "decoupled"), where)
-    sign = 1.0 if convention == "torch" else -1.0
+    return _add_weights(weight_decay, mask, 1.0 if convention == "torch" else -1.0, where)
+
+
+def _add_weights(weight_decay: Hyper, mask: Any, sign: float, where: str) -> Transform:
+    """``u = g + sign * weight_decay * p`` on the masked parameters: decay and L2 alike."""
 
     def apply(u: Params, step: int, params: Params | None) -> Params:
-        params = _need_params("add_decayed_weights", params)
+        params = _need_params(where.rstrip(": "), params)
         wd = resolve(weight_decay, step)
         if scalar(wd) and wd == 0:
             return u
@@ -368,20 +372,7 @@ def add_l2(
     """
     where = "add_l2: "
     check_range("weight_decay", weight_decay, 0.0, where=where)
-
-    def apply(u: Params, step: int, params: Params | None) -> Params:
-        params = _need_params("add_l2", params)
-        wd = resolve(weight_decay, step)
-        if scalar(wd) and wd == 0:
-            return u
-        keep = _mask_list(mask, params, where)
-        us = [x for x, k in zip(u, keep) if k]
-        ps = [p for p, k in zip(params, keep) if k]
-        if us:
-            add_(us, ps, wd)
-        return u
-
-    return Transform(*_stateless(apply))
+    return _add_weights(weight_decay, mask, 1.0, where)
 
 
 def _global_norm(u: Params, per_row: bool) -> Tensor:
