@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from .alias import torch_adagrad, torch_adam, torch_adamw, torch_rmsprop, torch_sgd
-from .base import State, Transform, apply_updates, chain_info
+from .base import State, Transform, apply_updates, chain_info, params_with_grad
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
 
@@ -272,12 +272,9 @@ class Optimizer(torch.optim.Optimizer):
             return loss
         stats = []
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params = params_with_grad(group)
             if not params:
                 continue
-            for p in params:
-                if p.grad.is_sparse:
-                    raise TypeError("ravine.optim.Optimizer does not support sparse gradients")
             # params that have stepped a different number of times (e.g. unused for a while) are
             # stepped in separate calls, so bias corrections and schedules see each one's own step.
             by_step: dict[int, list[Tensor]] = {}

@@ -356,6 +356,15 @@ def chain_info(state: State) -> dict[str, Any]:
     return info
 
 
+def params_with_grad(group: dict[str, Any]) -> Params:
+    """The parameters of a torch param group that have a gradient (dense only: the adapters' rule)."""
+    params = [p for p in group["params"] if p.grad is not None]
+    for p in params:
+        if p.grad.is_sparse:
+            raise TypeError("ravine.optim.Optimizer does not support sparse gradients")
+    return params
+
+
 @torch.no_grad()
 def apply_updates(params: Params, updates: Params) -> None:
     """``params[i] += updates[i]`` in place (updates already carry the sign and learning rate)."""

@@ -80,7 +80,7 @@ from torch import Tensor
 
 from . import transforms as _transforms
 from .adapter import _assemble, _layout, _slots
-from .base import Transform, apply_updates, chain, chain_info, is_number, resolve
+from .base import Transform, apply_updates, chain, chain_info, is_number, params_with_grad, resolve
 
 if TYPE_CHECKING:
     from .adapter import Optimizer
@@ -539,12 +539,9 @@ class FusedEngine:
         opt = self.opt
         plans: list[tuple] = []
         for gi, group in enumerate(opt.param_groups):
-            params = [p for p in group["params"] if p.grad is not None]
+            params = params_with_grad(group)
             if not params:
                 continue
-            for p in params:
-                if p.grad.is_sparse:
-                    raise TypeError("ravine.optim.Optimizer does not support sparse gradients")
             steps = {int(opt.state[p].get("step", 0)) for p in params}
             flat = self.groups.get(gi)
             usable = len(params) == len(group["params"]) and len(steps) == 1
