@@ -143,6 +143,27 @@ def test_sweep_cells_equal_runs_alone_with_noise_and_adam():
             assert sw.diverged_at[i, j] == alone.diverged_at[0]
 
 
+def test_recorded_trajectories_equal_the_step_by_step_engine_on_a_saddle():
+    """run() scans its record after the loop; sweep() keeps the step-by-step bookkeeping. Same numbers,
+    here with the gradient-norm criterion (no known minimum), value clipping, noise and diverging rows."""
+    s = rs.get("saddle")
+    lrs = [0.05, 0.4, 1.5]
+    betas = [0.0, 0.6]
+    kw = dict(steps=120, noise=1e-4, seed=7, clip={"kind": "value", "max": 50.0}, tol=0.05, start=(0.5, 1e-3))
+    sw = sim.sweep(s, "sgd", x=("lr", lrs), y=("momentum", betas), **kw)
+    assert sw.diverged.any() and (~sw.diverged).any() and (sw.steps_to_tol >= 0).any()
+    for i, b in enumerate(betas):
+        for j, lr in enumerate(lrs):
+            alone = sim.run(s, [{"name": "sgd", "lr": lr, "momentum": b}], **kw)
+            assert sw.diverged_at[i, j] == alone.diverged_at[0]
+            assert sw.steps_to_tol[i, j] == alone.steps_to_tol[0]
+            assert sw.final_loss[i, j] == pytest.approx(alone.final_losses[0], rel=1e-12, nan_ok=True)
+            d = alone.diverged_at[0]
+            if d >= 0:  # frozen where it left, and no gradient after
+                assert (alone.positions[0, d:] == alone.positions[0, d]).all()
+                assert np.isnan(alone.grad_norms[0, d:]).all() and not alone.clipped[0, d:].any()
+
+
 def test_gd_diverges_exactly_beyond_two_over_lambda_max():
     kappa = 25.0  # Hessian diag(1, kappa): lambda_max = kappa
     s = rs.get("valley", condition=kappa)
