@@ -20,7 +20,7 @@ def register(sub) -> None:
         "--concurrency",
         type=_positive,
         default=None,
-        help="requests that may compute at once (default: number of CPU cores)",
+        help="requests that may compute at once (default 1: the work holds the GIL, so more only contend)",
     )
     p.set_defaults(func=run)
 

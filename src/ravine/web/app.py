@@ -22,10 +22,10 @@ sweep size, expression length, work = steps x rows; finite floats); a bad body i
 ``detail`` names each bad field (``loc``) and says what is allowed. Responses carry ``null`` for every
 non-finite number plus ``diverged`` flags, so ``NaN``/``inf`` never reach the JSON. Every request that
 computes runs in the thread pool, never on the event loop, and at most ``max_concurrency`` of them
-compute at once (an ``asyncio.Semaphore``, FIFO, so no request is starved); torch's intra-op threads
-are set to 1 by ``create_app`` (``torch_threads``), since the 2D tensors are tiny and concurrency across
-requests is the better use of the cores. Identical requests are answered from a small LRU cache, and
-single runs are cached too (:class:`RunCache`): when a slider moves one optimizer of six, only that one
+compute at once (an ``asyncio.Semaphore``, FIFO, so no request is starved; default 1, since the
+work is GIL-bound Python dispatch); torch's intra-op threads are set to 1 by ``create_app``
+(``torch_threads``), since the 2D tensors are tiny. Identical requests are answered from a small
+LRU cache, and single runs are cached too (:class:`RunCache`): when a slider moves one optimizer of six, only that one
 is simulated again.
 """
 
@@ -35,7 +35,6 @@ import asyncio
 import inspect
 import json
 import math
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -572,11 +571,13 @@ def create_app(
 ) -> FastAPI:
     """Build the playground app.
 
-    ``max_concurrency``: how many computing requests may run at once (default: the number of CPU
-    cores, at least 1); the others wait in FIFO order. ``torch_threads`` (default 1; ``None`` leaves
-    torch alone) sets ``torch.set_num_threads`` for the process: the tensors are ``(B, 2)``, so
-    parallelism across requests pays and intra-op threads only contend (measured: a 16 x 16 sweep of
-    100 steps took ~15 ms with 1 thread and ~3 s with 2 threads on a loaded 2-core machine).
+    ``max_concurrency``: how many computing requests may run at once (default 1); the others wait in
+    FIFO order. Stepping ``(B, 2)`` tensors is Python dispatch, which holds the GIL: two requests
+    computing in two threads contend for it and each slows down threefold (measured with 50 clients on
+    2 cores: 11.3 requests/s with 2 at once, 17.8 with 1). ``torch_threads`` (default 1; ``None`` leaves
+    torch alone) sets ``torch.set_num_threads`` for the process: intra-op threads only contend on tiny
+    tensors (a 16 x 16 sweep of 100 steps took ~15 ms with 1 thread and ~3 s with 2 threads on a
+    loaded 2-core machine).
     ``cache_size``: entries of the LRU cache of responses to identical requests; ``run_cache_size``:
     entries of the :class:`RunCache` of single runs (so a slider that moves one optimizer recomputes
     only that one); 0 disables either.
@@ -585,7 +586,7 @@ def create_app(
         import torch
 
         torch.set_num_threads(max(1, int(torch_threads)))
-    limit = max(1, int(max_concurrency or (os.cpu_count() or 1)))
+    limit = max(1, int(max_concurrency or 1))
     cache = _LRU(cache_size)
     run_cache = RunCache(run_cache_size)
 
