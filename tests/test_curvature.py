@@ -651,3 +651,38 @@ def test_adam_preconditioner_from_ravine_optimizers_reproduces_their_step():
         res = C.preconditioned_sharpness(model, loss_fn, (x, y), optimizer=opt, tol=1e-8)
         assert res.beta1 == 0.85 and res.lr == 0.01
         assert res.threshold == pytest.approx(C.stability_threshold(0.01, "adam", beta1=0.85))
+
+
+class _Point(nn.Module):
+    """A 2D surface as a 'network' whose two parameters are the point (x, y)."""
+
+    def __init__(self, xy):
+        super().__init__()
+        self.xy = nn.Parameter(torch.tensor(xy, dtype=torch.float64))
+
+    def forward(self, inputs):
+        return self.xy.expand(len(inputs), 2)
+
+
+@pytest.mark.parametrize("point", [(-1.2, 1.0), (1.0, 1.0), (0.3, -0.4)])
+def test_two_d_surface_hessian_matches_closed_form_rosenbrock(point):
+    """Rosenbrock's Hessian in closed form: [[2 - 400 (y - 3x^2), -400 x], [-400 x, 200]]; the curvature
+    operator on the surface, and the 2D world's own exact Hessian, both agree with it."""
+    from ravine import surfaces
+
+    s = surfaces.get("rosenbrock")
+    x, y = point
+    exact = torch.tensor([[2 - 400 * (y - 3 * x * x), -400 * x], [-400 * x, 200.0]], dtype=torch.float64)
+    model = _Point(point)
+
+    def loss_fn(out, _target):
+        return s.value(out[0])
+
+    data = (torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1))
+    op = C.HessianOperator(model, loss_fn, data)
+    torch.testing.assert_close(op.dense(), exact, rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(s.hessian(torch.tensor(point, dtype=torch.float64)), exact, rtol=1e-10, atol=1e-9)
+    res = C.hessian_eigenvalues(model, loss_fn, data, k=1, which="both", tol=1e-10)
+    want = torch.linalg.eigvalsh(exact)
+    got = sorted(float(v) for v in res.values)
+    assert got == pytest.approx(want.tolist(), rel=1e-8)
