@@ -47,23 +47,23 @@ def test_chapter_rmsprop_code():
     assert torch.allclose(p, ref, atol=1e-13)
 
 
-def test_ema_equals_heavy_ball_with_scaled_lr_after_first_step():
-    """EMA momentum with lr eta == heavy ball with lr eta (1 - beta), from the same velocity.
-
-    Heavy ball (torch) starts its buffer at g, EMA at (1-beta) g: the scaled form is exact when the
-    heavy-ball buffer starts at zero, which torch's dampening=0 first-step rule does not do. We
-    compare against a from-zero heavy-ball loop written out, and against torch.optim.SGD after
-    matching the first step.
-    """
+def test_ema_momentum_equals_torch_sgd_with_scaled_lr():
+    """EMA momentum with lr eta == torch.optim.SGD(lr=eta * (1 - beta), momentum=beta), every step."""
     beta, eta = 0.9, 0.02
     h = torch.tensor([2.0, 7.0], dtype=torch.float64)
     x0 = torch.tensor([1.5, -1.0], dtype=torch.float64)
-    (p_ema,), _ = step_fn(ro.momentum(eta, beta=beta, form="ema"), [x0.clone()], quad_grad(h), 60)
-    x, b = x0.clone(), torch.zeros(2, dtype=torch.float64)
+    x = x0.clone().requires_grad_(True)
+    opt = torch.optim.SGD([x], lr=eta * (1 - beta), momentum=beta)
+    t = ro.momentum(eta, beta=beta, form="ema")
+    p = [x0.clone()]
+    state = t.init(p)
     for _ in range(60):
-        b = beta * b + h * x
-        x = x - eta * (1 - beta) * b
-    assert torch.allclose(p_ema, x, atol=1e-13)
+        opt.zero_grad()
+        (0.5 * (h * x * x).sum()).backward()
+        opt.step()
+        updates, state = t.update([h * p[0]], state, p)
+        ro.apply_updates(p, updates)
+        assert torch.allclose(p[0], x.detach(), rtol=0, atol=1e-14)
 
 
 def test_heavy_ball_matches_torch_sgd():

@@ -86,10 +86,11 @@ def momentum(
     """Momentum. ``form="ema"`` (the chapter's, default): ``v = beta v + (1-beta) g``, ``p = p - lr v``.
 
     ``form="heavy_ball"`` (torch's): ``b = beta b + (1 - dampening) g``, ``p = p - lr b``.
-    Equivalence: EMA momentum with learning rate ``eta`` takes exactly the steps of heavy-ball
-    momentum (dampening 0) with learning rate ``eta * (1 - beta)``, except the very first, where
-    heavy-ball's ``b = g`` rule makes it ``1/(1-beta)`` times longer. Both reach the same
-    terminal velocity ``lr * g`` on a constant slope (EMA) vs ``lr * g / (1-beta)`` (heavy ball).
+    Equivalence: the EMA velocity is ``(1 - beta)`` times the heavy-ball buffer (both start from
+    zero; heavy ball's first-step rule ``b = g`` is the same thing when dampening is 0), so EMA
+    momentum with learning rate ``eta`` takes exactly the steps of heavy-ball momentum with learning
+    rate ``eta * (1 - beta)``, i.e. of ``torch.optim.SGD(lr=eta * (1 - beta), momentum=beta)``. On a
+    constant slope the EMA step tends to ``eta * g``, the heavy-ball step to ``eta * g / (1 - beta)``.
     """
     return chain(trace(beta, form=form, nesterov=nesterov, dampening=dampening), scale_by_learning_rate(lr))
 
