@@ -280,8 +280,8 @@ def load_checkpoint(
 ) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
     """``(step, weights, state)`` of checkpoint ``step`` (default: the latest).
 
-    ``weights`` comes from ``model.safetensors``; ``state`` from ``torch.load(state.pt,
-    weights_only=True)``. Raises FileNotFoundError when the run has no (such) checkpoint.
+    ``weights`` comes from ``model.safetensors``; ``state`` from ``state.pt``, loaded with
+    ``weights_only=True``. Raises FileNotFoundError when the run has no (such) checkpoint.
     """
     from safetensors.torch import load_file
 
