@@ -329,7 +329,30 @@ class LinearWarmup(Schedule):
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class CosineDecay(Schedule):
+class _Decay(Schedule):
+    """A decay from ``peak`` at step 0 to ``final`` at ``total_steps`` (and after); ``shape`` picks the curve."""
+
+    peak: float
+    total_steps: int
+    final: float = 0.0
+    shape: ClassVar[str] = "linear"
+
+    def __post_init__(self) -> None:
+        n = self.name
+        _set(self, "peak", _real(n, "peak", self.peak, 0.0))
+        _set(self, "total_steps", _count(n, "total_steps", self.total_steps, 1))
+        _set(self, "final", _check_final(n, self.final, self.peak))
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        return _phases(("decay", 0, self.total_steps))
+
+    def _value(self, t: float) -> float:
+        return _decay(t, 0, self.total_steps, self.peak, self.final, self.shape)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class CosineDecay(_Decay):
     """Cosine decay from ``peak`` at step 0 to ``final`` at step ``total_steps`` (and after).
 
     ``s(t) = final + (peak - final) * (1 + cos(pi * min(t, T) / T)) / 2`` with ``T = total_steps``:
@@ -343,27 +366,12 @@ class CosineDecay(Schedule):
         final: value from step ``total_steps`` on, in ``[0, peak]`` (default 0).
     """
 
-    peak: float
-    total_steps: int
-    final: float = 0.0
     name: ClassVar[str] = "cosine_decay"
-
-    def __post_init__(self) -> None:
-        n = self.name
-        _set(self, "peak", _real(n, "peak", self.peak, 0.0))
-        _set(self, "total_steps", _count(n, "total_steps", self.total_steps, 1))
-        _set(self, "final", _check_final(n, self.final, self.peak))
-
-    @property
-    def phases(self) -> tuple[Phase, ...]:
-        return _phases(("decay", 0, self.total_steps))
-
-    def _value(self, t: float) -> float:
-        return _decay(t, 0, self.total_steps, self.peak, self.final, "cosine")
+    shape: ClassVar[str] = "cosine"
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class LinearDecay(Schedule):
+class LinearDecay(_Decay):
     """Linear decay from ``peak`` at step 0 to ``final`` at step ``total_steps`` (and after).
 
     ``s(t) = peak + (final - peak) * min(t, T) / T``: torch's
@@ -375,23 +383,8 @@ class LinearDecay(Schedule):
         final: value from step ``total_steps`` on, in ``[0, peak]`` (default 0).
     """
 
-    peak: float
-    total_steps: int
-    final: float = 0.0
     name: ClassVar[str] = "linear_decay"
-
-    def __post_init__(self) -> None:
-        n = self.name
-        _set(self, "peak", _real(n, "peak", self.peak, 0.0))
-        _set(self, "total_steps", _count(n, "total_steps", self.total_steps, 1))
-        _set(self, "final", _check_final(n, self.final, self.peak))
-
-    @property
-    def phases(self) -> tuple[Phase, ...]:
-        return _phases(("decay", 0, self.total_steps))
-
-    def _value(self, t: float) -> float:
-        return _decay(t, 0, self.total_steps, self.peak, self.final, "linear")
+    shape: ClassVar[str] = "linear"
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
