@@ -325,18 +325,27 @@ def _flat_state(state: dict, slots: list[str], layout: Any) -> dict[str, Tensor]
 def _compiled_body(t: Transform, layout: Any, masked: bool) -> Callable:
     """The function ``torch.compile`` traces: one step of ``t`` on flat buffers."""
 
+    # a chain that starts with a global-norm clip computes the norm of the raw gradient anyway: its
+    # finiteness is the check (inductor does not merge two norms of the same buffer: a second
+    # one would be a second read of the gradient)
+    first = _leaves(t)[0]
+    clip_first = first.name == "clip_by_global_norm" and not first.hyperparams.get("per_row")
+
     def body(step: Tensor, grads: list[Tensor], params: list[Tensor], state: list[dict[str, Tensor]]):
         u = [g.clone() for g in grads]  # the chain works in place on a copy; inductor fuses it away
         finite = None
         if masked:
-            norms = torch._foreach_norm(grads, 2.0)
-            finite = torch.stack([n.to(torch.float32) for n in norms]).isfinite().all()
+            if not clip_first:
+                norms = torch._foreach_norm(grads, 2.0)
+                finite = torch.stack([n.to(torch.float32) for n in norms]).isfinite().all()
             work = [{k: v.clone() for k, v in d.items()} for d in state]
         else:
             work = state
         st = _assemble(layout, work, step)
         updates, new = t.update(u, st, params)
         info = chain_info(new)
+        if masked and clip_first:
+            finite = _first_state(new)["norm"].isfinite()
         new_state = _by_slot(layout, new)
         if masked:
             for d, k_new in zip(state, new_state):
@@ -353,6 +362,13 @@ def _compiled_body(t: Transform, layout: Any, masked: bool) -> Callable:
         return finite, info
 
     return body
+
+
+def _first_state(state: dict) -> dict:
+    """The state of a chain's first primitive."""
+    while "parts" in state:
+        state = state["parts"][0]
+    return state
 
 
 def _by_slot(layout: Any, state: dict) -> list[dict[str, Tensor]]:
