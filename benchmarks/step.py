@@ -18,6 +18,8 @@ contestant of a comparison: AdamW reads p, g, m, v and writes p, m, v (28 bytes)
 adds one read of g for the norm (32); SGD with Nesterov momentum reads p, g, b and writes p, b (20).
 ravine's default ``nonfinite="skip"`` check reads g once more when the chain does not clip (its
 clip norm doubles as the check); ``no nan check`` is ``nonfinite="apply"``, torch's semantics.
+``adamw-skip`` and ``sgd-skip`` compare ravine's default against torch's fused optimizer with the
+same skip rule (``found_inf`` from a ``_foreach_norm`` pass, as GradScaler feeds it): 4 more bytes.
 ``peak extra`` is the most memory a step allocates beyond what exists before it (CUDA:
 ``max_memory_allocated``; CPU: allocation events of ``torch.profiler(profile_memory=True)``).
 """
@@ -110,6 +112,26 @@ def contestants(kind: str) -> dict[str, Callable]:
         opt = torch.optim.SGD(ps, lr=1e-3, momentum=0.9, nesterov=True, fused=True)
         return opt.step
 
+    def torch_checked(cls, **kw):
+        """torch's fused optimizer skipping steps with a non-finite gradient, as GradScaler makes it
+        do: a ``found_inf`` tensor (here from ``_foreach_norm``, without AMP's unscaling write) that
+        the fused kernel reads. ravine's default ``nonfinite="skip"`` semantics, built from torch."""
+
+        def build(ps):
+            opt = cls(ps, lr=1e-3, fused=True, **kw)
+            grads = [p.grad for p in ps]
+            found_inf = torch.zeros((), dtype=torch.float32, device=ps[0].device)
+
+            def step():
+                finite = torch.stack(torch._foreach_norm(grads)).isfinite().all()
+                found_inf.copy_(~finite)
+                opt.found_inf = found_inf
+                opt.step()
+
+            return step
+
+        return build
+
     def ravine(transform_fn, fused, nonfinite="skip"):
         def build(ps):
             opt = ro.Optimizer(ps, transform_fn(), fused=fused, nonfinite=nonfinite)
@@ -142,6 +164,16 @@ def contestants(kind: str) -> dict[str, Callable]:
             "ravine fused": ravine(adamw, True),
             "  no nan check": ravine(adamw, True, "apply"),
         }
+    if kind == "adamw-skip":
+        return {
+            "torch fused+chk": torch_checked(torch.optim.AdamW, weight_decay=0.01),
+            "ravine fused": ravine(adamw, True),
+        }
+    if kind == "sgd-skip":
+        return {
+            "torch fused+chk": torch_checked(torch.optim.SGD, momentum=0.9, nesterov=True),
+            "ravine fused": ravine(sgd, True),
+        }
     if kind == "sgd-nesterov":
         return {
             "torch fused": torch_sgd,
@@ -152,8 +184,14 @@ def contestants(kind: str) -> dict[str, Callable]:
     raise ValueError(kind)
 
 
-BYTES = {"clip+adamw": 32, "adamw": 28, "sgd-nesterov": 20}
-REFERENCE = {"clip+adamw": "torch fused", "adamw": "torch fused", "sgd-nesterov": "torch fused"}
+BYTES = {"clip+adamw": 32, "adamw": 28, "sgd-nesterov": 20, "adamw-skip": 32, "sgd-skip": 24}
+REFERENCE = {
+    "clip+adamw": "torch fused",
+    "adamw": "torch fused",
+    "sgd-nesterov": "torch fused",
+    "adamw-skip": "torch fused+chk",
+    "sgd-skip": "torch fused+chk",
+}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -221,7 +259,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per contestant (median reported)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps, the first reported separately")
-    ap.add_argument("--kinds", default="clip+adamw,adamw,sgd-nesterov", help="comma-separated comparisons")
+    ap.add_argument("--kinds", default=",".join(BYTES), help=f"comma-separated comparisons, of {', '.join(BYTES)}")
     ap.add_argument("--only", default="", help="run only contestants whose name contains this")
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory step")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
@@ -230,6 +268,9 @@ def main() -> None:
         raise SystemExit(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    unknown = [k for k in args.kinds.split(",") if k not in BYTES]
+    if unknown:
+        raise SystemExit(f"--kinds: unknown comparison(s) {unknown}; allowed: {', '.join(BYTES)}")
     if args.steps < 1 or args.warmup < 1:
         raise SystemExit(f"--steps and --warmup must be >= 1, got {args.steps}, {args.warmup}")
     run(args)
