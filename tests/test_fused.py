@@ -155,8 +155,9 @@ def test_compiled_clip_adamw_matches_torch_over_1000_steps():
     # after a compiled step p.grad is a view into the gradient buffer, holding autograd's values
     params = opt.param_groups[0]["params"]
     assert all(p.grad is v for p, v in zip(params, eng.groups[0].grad_views))
-    # both groups share one compiled graph (their chains differ only in numbers)
-    assert len(eng.compiled) == 1
+    # both groups run in one graph, their writes masked by one non-finite check (the default skip)
+    ((signatures, _, masked, _),) = eng.compiled
+    assert masked and len(signatures) == 2
 
 
 @slow
@@ -331,6 +332,32 @@ def test_compiled_single_group_folds_the_check_and_matches_torch(case, bad):
     opt.step()
     assert opt.state[m[0].weight]["step"] == STEPS + 1
     assert all(not torch.equal(p.detach(), b) for p, b in zip(m.parameters(), before))
+
+
+@needs_compiler
+@pytest.mark.parametrize("nonfinite", ["skip", "raise"])
+def test_compiled_step_skips_when_the_clip_norm_overflows(nonfinite):
+    """Every gradient finite, each parameter's norm finite, but the group's global norm overflows
+    float32 (two entries of 1.5e19): the folded check skips the step (or raises) and says why."""
+    m = make_model()
+    opt = ro.Optimizer(m.parameters(), CASES["clip+adamw"][0](), fused="compile", nonfinite=nonfinite)
+    train(m, opt, 3)
+    before = [p.detach().clone() for p in m.parameters()]
+    X, y = data()
+    opt.zero_grad()
+    loss_of(m, X, y).backward()
+    m[0].weight.grad[0, 0] = 1.5e19
+    m[2].weight.grad[0, 0] = 1.5e19
+    assert all(torch.linalg.vector_norm(p.grad).isfinite() for p in m.parameters())
+    if nonfinite == "raise":
+        with pytest.raises(FloatingPointError, match="global gradient norm .* overflows"):
+            opt.step()
+    else:
+        with pytest.warns(RuntimeWarning, match="skipped optimizer step: the global gradient norm .* overflows"):
+            opt.step()
+        assert opt.skipped_steps == 1
+    assert all(torch.equal(p.detach(), b) for p, b in zip(m.parameters(), before))
+    assert opt.state[m[0].weight]["step"] == 3
 
 
 def test_nonfinite_raise_names_the_parameter():

@@ -13,21 +13,26 @@ source stays the single definition of the math) on different data:
    CPU or triton on GPU): the chain's ``update`` is traced by ``torch.compile(fullgraph=True)``
    over the flat buffers. Every numeric hyperparameter of every primitive (learning rate, betas,
    eps, weight decay, clip norm, momentum...) and the step are passed as 0-dim tensors, so
-   schedules, torch LR schedulers and per-group values cause no recompilation; one compiled graph
-   (dynamic in the buffer length) serves every group with the same chain structure. Inductor fuses
-   the clip norm into one reduction and the rest of the chain (clip scale folded in, bias
-   corrections, weight decay, the parameter update) into one elementwise kernel: for
-   ``clip_by_global_norm -> adamw`` it reads gradient, parameter and both moments and writes the
-   three of them (28 bytes per float32 parameter) after one read of the gradient for the norm
-   (4 bytes); ``clip_grad_norm_`` + torch's fused AdamW moves 40. A post-grad pass computes the
-   0-dim values (bias corrections ``1 - beta^t``, ``1 - beta``...) once in a tiny kernel before
-   the big one: inlined, inductor's C++ backend re-evaluated ``pow``/``sqrt`` per vector of 16
-   floats (errno-preserving libm calls are not hoisted), which made the kernel 3x slower.
-3. **The non-finite check** is folded into the same graph when the optimizer has one param group:
-   finiteness of the gradient norm is reduced in the same pass as the clip norm, and the step's
-   writes are masked (``torch.where(finite, new, old)``), so a skipped step leaves parameters and
-   state untouched without a separate pass. With several groups a separate ``_foreach_norm`` pass
-   over the flat gradients decides first (the skip must be all-or-nothing across groups).
+   schedules, torch LR schedulers and per-group values cause no recompilation (the graph is
+   dynamic in the buffer lengths). Inductor fuses the clip norm into one reduction and the rest
+   of the chain (clip scale folded in, bias corrections, weight decay, the parameter update) into
+   one elementwise kernel: for ``clip_by_global_norm -> adamw`` it reads gradient, parameter and
+   both moments and writes the three of them (28 bytes per float32 parameter) after one read of
+   the gradient for the norm (4 bytes); ``clip_grad_norm_`` + torch's fused AdamW moves 40
+   (measured: 0.82x torch's time). A post-grad pass computes the 0-dim values (bias corrections
+   ``1 - beta^t``, ``1 - beta``...) once in a tiny kernel before the big one: inlined, inductor's
+   C++ backend re-evaluated ``pow``/``sqrt`` per vector of 16 floats (errno-preserving libm calls
+   are not hoisted), which made the kernel 3x slower.
+3. **The non-finite check** (``nonfinite="skip"``/``"raise"``, the default) is folded into the
+   same graph: every param group is stepped by one compiled call, the writes are masked
+   (``torch.where(finite, new, old)``) and ``finite`` is reduced over all groups' gradients, so a
+   skipped step leaves parameters and state untouched (all or nothing) without a pass of its own
+   when every chain starts with ``clip_by_global_norm``: the clip norm of the raw gradient is the
+   check (a group whose gradients are finite but whose global norm overflows the dtype is skipped
+   too, with a warning saying so). A chain that does not clip needs one more read of the
+   gradient for the check (4 bytes per float32 parameter: what torch's fused optimizers pay for
+   GradScaler's ``found_inf``). ``nonfinite="apply"`` (torch's semantics) checks nothing, and one
+   graph, compiled once, serves every group whose chain has the same structure.
 
 Fallback: ``fused="flat"`` (and ``fused=True`` when compilation is unavailable or fails, with a
 warning) runs the chain eagerly with torch's foreach ops on the flat buffers: one op per pass for
@@ -322,44 +327,47 @@ def _flat_state(state: dict, slots: list[str], layout: Any) -> dict[str, Tensor]
 # compiled step
 
 
-def _compiled_body(t: Transform, layout: Any, masked: bool) -> Callable:
-    """The function ``torch.compile`` traces: one step of ``t`` on flat buffers."""
+def _compiled_body(ts: list[Transform], layouts: list[Any], masked: bool) -> Callable:
+    """The function ``torch.compile`` traces: one step of the chains ``ts`` (one per param group)
+    on their groups' flat buffers. ``masked``: the step's writes are ``where(finite, new, old)``
+    with ``finite`` reduced over every group's gradients (all or nothing)."""
 
     # a chain that starts with a global-norm clip computes the norm of the raw gradient anyway: its
     # finiteness is the check (inductor does not merge two norms of the same buffer: a second
     # one would be a second read of the gradient)
-    first = _leaves(t)[0]
-    clip_first = first.name == "clip_by_global_norm" and not first.hyperparams.get("per_row")
+    clip_first = []
+    for t in ts:
+        first = _leaves(t)[0]
+        clip_first.append(first.name == "clip_by_global_norm" and not first.hyperparams.get("per_row"))
 
-    def body(step: Tensor, grads: list[Tensor], params: list[Tensor], state: list[dict[str, Tensor]]):
-        u = [g.clone() for g in grads]  # the chain works in place on a copy; inductor fuses it away
-        finite = None
-        if masked:
-            if not clip_first:
-                norms = torch._foreach_norm(grads, 2.0)
-                finite = torch.stack([n.to(torch.float32) for n in norms]).isfinite().all()
-            work = [{k: v.clone() for k, v in d.items()} for d in state]
-        else:
-            work = state
-        st = _assemble(layout, work, step)
-        updates, new = t.update(u, st, params)
-        info = chain_info(new)
-        if masked and clip_first:
-            finite = _first_state(new)["norm"].isfinite()
-        new_state = _by_slot(layout, new)
-        if masked:
-            for d, k_new in zip(state, new_state):
-                for k, v in d.items():
-                    v.copy_(torch.where(finite, k_new[k], v))
-            for p, x in zip(params, updates):
-                p.copy_(torch.where(finite, p + x, p))
-        else:
-            for d, k_new in zip(state, new_state):
-                for k, v in d.items():
-                    if k_new[k] is not v:
-                        v.copy_(k_new[k])
-            torch._foreach_add_(params, updates)
-        return finite, info
+    def body(steps: list[Tensor], grads: list[list[Tensor]], params: list[list[Tensor]], states: list[list[dict]]):
+        infos, news, finites = [], [], []
+        for t, layout, clip, step, g, p, state in zip(ts, layouts, clip_first, steps, grads, params, states):
+            u = [x.clone() for x in g]  # the chain works in place on a copy; inductor fuses it away
+            if masked and not clip:
+                norms = torch._foreach_norm(g, 2.0)
+                finites.append(torch.stack([n.to(torch.float32) for n in norms]).isfinite().all())
+            work = [{k: v.clone() for k, v in d.items()} for d in state] if masked else state
+            updates, new = t.update(u, _assemble(layout, work, step), p)
+            if masked and clip:
+                finites.append(_first_state(new)["norm"].isfinite())
+            infos.append(chain_info(new))
+            news.append((updates, _by_slot(layout, new)))
+        finite = torch.stack(finites).all() if masked else None
+        for p, state, (updates, new_state) in zip(params, states, news):
+            if masked:
+                for d, k_new in zip(state, new_state):
+                    for k, v in d.items():
+                        v.copy_(torch.where(finite, k_new[k], v))
+                for x, dx in zip(p, updates):
+                    x.copy_(torch.where(finite, x + dx, x))
+            else:
+                for d, k_new in zip(state, new_state):
+                    for k, v in d.items():
+                        if k_new[k] is not v:
+                            v.copy_(k_new[k])
+                torch._foreach_add_(p, updates)
+        return finite, infos
 
     return body
 
@@ -466,15 +474,20 @@ def _scalar_pass() -> Any:
 
 
 class _Compiled:
-    """A tensorised transform, its hyperparameter tensors and the compiled step (shared by every
-    group whose chain has the same signature)."""
+    """Tensorised transforms (one per param group), their hyperparameter tensors and the compiled
+    step. Unmasked, a one-group graph is shared by every group whose chain has the same signature;
+    masked, one graph steps all groups."""
 
     count = 0
 
-    def __init__(self, t: Transform, layout: Any, device: torch.device, masked: bool, step: int):
-        self.transform, self.hypers = _tensorise(t, device, step)
-        self.step = torch.zeros((), dtype=torch.int64, device=device)
-        body = _compiled_body(self.transform, layout, masked)
+    def __init__(self, ts: list[Transform], layouts: list[Any], device: torch.device, masked: bool, steps: list[int]):
+        self.transforms, self.hypers = [], []
+        for t, step in zip(ts, steps):
+            tt, hy = _tensorise(t, device, step)
+            self.transforms.append(tt)
+            self.hypers.append(hy)
+        self.steps = [torch.zeros((), dtype=torch.int64, device=device) for _ in ts]
+        body = _compiled_body(self.transforms, layouts, masked)
         # a code object of its own: dynamo caches compiled graphs per code object (at most
         # ``recompile_limit`` each), so every chain signature gets its own cache.
         _Compiled.count += 1
@@ -485,14 +498,20 @@ class _Compiled:
         )
         self.ready = False
 
-    def __call__(self, t: Transform, step: int, grads, params, state):
-        for x, v in zip(self.hypers, _hyper_values(t, step)):
-            if isinstance(v, Tensor):
-                x.copy_(v.detach().reshape(()))
-            else:
-                x.fill_(float(v))
-        self.step.fill_(step)
-        return self.fn(self.step, grads, params, state)
+    def __call__(self, ts: list[Transform], steps: list[int], flats: list[_FlatGroup]):
+        for t, step, hypers, st in zip(ts, steps, self.hypers, self.steps):
+            for x, v in zip(hypers, _hyper_values(t, step)):
+                if isinstance(v, Tensor):
+                    x.copy_(v.detach().reshape(()))
+                else:
+                    x.fill_(float(v))
+            st.fill_(step)
+        return self.fn(
+            self.steps,
+            [f.flat_grads for f in flats],
+            [f.flat_params for f in flats],
+            [f.state_lists() for f in flats],
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -583,9 +602,30 @@ class FusedEngine:
             if flat is not None:
                 flat.land_grads()
 
-        fused_plans = [pl for pl in plans if pl[2] is not None]
-        fold = self.opt.nonfinite != "apply" and len(plans) == 1 and len(fused_plans) == 1 and self.want_compile()
-        if self.opt.nonfinite != "apply" and not fold and not self._all_finite(plans):
+        # one compiled graph for all groups, writes masked by the finiteness of every gradient: the
+        # all-or-nothing skip without a separate pass over the gradients when the chains clip first
+        fold = (
+            self.opt.nonfinite != "apply"
+            and bool(plans)
+            and all(flat is not None for _, _, flat in plans)
+            and self.want_compile()
+        )
+        if fold:
+            flats = [flat for _, _, flat in plans]
+            ts = [opt._group_transform(group, flat.step) for group, _, flat in plans]
+            infos = self._run_compiled(ts, flats, masked=True)
+            if infos is False:  # non-finite: nothing was written
+                self._skipped()
+                return []
+            if infos is None:  # not compiled: the flat path, checked first
+                if not self._all_finite(plans) and not opt._check_finite():
+                    return []
+                infos = [self._run_flat(t, flat, flat.step) for t, flat in zip(ts, flats)]
+            for flat in flats:
+                self._advance(flat)
+            return list(infos)
+
+        if self.opt.nonfinite != "apply" and not self._all_finite(plans):
             if not opt._check_finite():
                 return []
         stats: list[dict[str, Any]] = []
@@ -597,25 +637,30 @@ class FusedEngine:
                 for step, ps in sorted(by_step.items()):
                     stats.append(opt._update(opt._group_transform(group, step), ps, step))
                 continue
-            step = flat.step
-            t = opt._group_transform(group, step)
-            info = None
-            if self.want_compile():
-                info = self._run_compiled(t, flat, step, masked=fold)
-                if info is False and not opt._check_finite():  # non-finite: nothing was written
-                    return []
-            if not isinstance(info, dict):  # not compiled: the flat path (checked first if folded)
-                if fold and not self._all_finite(plans) and not opt._check_finite():
-                    return []
-                info = self._run_flat(t, flat, step)
-            flat.step = step + 1
-            for p in flat.params:
-                opt.state[p]["step"] = step + 1
-            # the update wrote the flat buffer, not the parameters' own tensors: bump their
-            # version counters as an in-place update would (autograd checks saved tensors by it)
-            torch.autograd.graph.increment_version(flat.params)
-            stats.append(info)
+            t = opt._group_transform(group, flat.step)
+            infos = self._run_compiled([t], [flat], masked=False) if self.want_compile() else None
+            stats.append(infos[0] if infos else self._run_flat(t, flat, flat.step))
+            self._advance(flat)
         return stats
+
+    def _advance(self, flat: _FlatGroup) -> None:
+        flat.step += 1
+        for p in flat.params:
+            self.opt.state[p]["step"] = flat.step
+        # the update wrote the flat buffer, not the parameters' own tensors: bump their version
+        # counters as an in-place update would (autograd checks saved tensors by it)
+        torch.autograd.graph.increment_version(flat.params)
+
+    def _skipped(self) -> None:
+        """A masked step found a non-finite gradient or gradient norm and wrote nothing."""
+        if not self.opt._check_finite():  # counts, warns or raises, naming the parameter
+            return
+        # every gradient is finite, but a chain's global clip norm overflowed the float range
+        msg = "the global gradient norm of a param group overflows its dtype (gradients of ~1e19 or more)"
+        if self.opt.nonfinite == "raise":
+            raise FloatingPointError(f"non-finite gradient norm: {msg}")
+        self.opt.skipped_steps += 1
+        warnings.warn(f"skipped optimizer step: {msg}", RuntimeWarning, stacklevel=4)
 
     def _all_finite(self, plans: list[tuple]) -> bool:
         tensors: list[Tensor] = []
@@ -671,16 +716,18 @@ class FusedEngine:
             w = flat.work = [torch.empty_like(g) for g in flat.flat_grads]  # type: ignore[attr-defined]
         return w
 
-    def _run_compiled(self, t: Transform, flat: _FlatGroup, step: int, masked: bool) -> Any:
-        """Run the compiled step; ``None`` if compilation is unavailable (the caller runs the flat
-        path), ``False`` if the step was skipped for non-finite gradients (masked only)."""
-        why = check_fusable(t, compile=True)
-        devices = {g.device for g in flat.flat_grads}
+    def _run_compiled(self, ts: list[Transform], flats: list[_FlatGroup], masked: bool) -> Any:
+        """Run the compiled step of the groups ``flats`` (chains ``ts``): their infos; ``None`` if
+        compilation is unavailable (the caller runs the flat path), ``False`` if the step was
+        skipped for non-finite gradients (masked only)."""
+        why = next((w for w in (check_fusable(t, compile=True) for t in ts) if w is not None), None)
+        devices = {g.device for f in flats for g in f.flat_grads}
         if why is None and len(devices) > 1:
             why = "parameters on several devices"
         if why is None:
             why = _compiler_problem()
-        key = (_signature(t), str(next(iter(devices))), masked, len(flat.buckets))
+        device = next(iter(devices))
+        key = (tuple(map(_signature, ts)), str(device), masked, tuple(len(f.buckets) for f in flats))
         why = why or self.broken.get(key)
         if why is not None:
             if self.mode == "compile":
@@ -689,10 +736,12 @@ class FusedEngine:
             return None
         c = self.compiled.get(key)
         if c is None:
-            c = self.compiled[key] = _Compiled(t, flat.layout, next(iter(devices)), masked, step)
+            steps = [f.step for f in flats]
+            c = self.compiled[key] = _Compiled(ts, [f.layout for f in flats], device, masked, steps)
+        steps = [f.step for f in flats]
         if not c.ready:
             try:
-                finite, info = c(t, step, flat.flat_grads, flat.flat_params, flat.state_lists())
+                finite, infos = c(ts, steps, flats)
             except Exception as exc:  # noqa: BLE001 - a compiler failure of any kind: run the flat path
                 if self.mode == "compile":
                     raise
@@ -701,10 +750,10 @@ class FusedEngine:
                 return None
             c.ready = True
         else:
-            finite, info = c(t, step, flat.flat_grads, flat.flat_params, flat.state_lists())
+            finite, infos = c(ts, steps, flats)
         if masked and not bool(finite):
             return False
-        return info
+        return infos
 
     def _warn(self, why: str) -> None:
         if not self.warned:
