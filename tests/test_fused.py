@@ -3,9 +3,10 @@
 Oracles: torch.optim.AdamW / SGD (for-loop implementations) with ``clip_grad_norm_`` and torch LR
 schedulers, in float32 over 1000 steps; the unfused ravine path for ``state_dict`` round trips.
 
-The flat path (``fused="flat"``) runs everywhere in seconds. The compiled path costs one inductor
-compilation (tens of seconds on a two-core machine, C++ compiler needed): one parity test runs
-by default, the rest only with ``RAVINE_SLOW_TESTS=1``.
+The flat path (``fused="flat"``) runs everywhere in seconds. The compiled path costs an inductor
+compilation per chain signature (about 10 s on a two-core machine with a cold cache, C++
+compiler needed): the clip+AdamW tests (one and two param groups) run by default, the other
+chains only with ``RAVINE_SLOW_TESTS=1``.
 """
 
 from __future__ import annotations
