@@ -277,6 +277,27 @@ def nan_run(fused, nonfinite):
     return m, opt, before, state
 
 
+@needs_compiler
+def test_compiled_group_added_later_steps_from_its_own_count():
+    """A param group added after 3 steps: one masked graph steps both groups, each with its own
+    step count (bias corrections), as the unfused path does."""
+    runs = []
+    for fused in (False, "compile"):
+        m = make_model()
+        first, last = list(m[0].parameters()), list(m[2].parameters())
+        opt = ro.Optimizer([{"params": first}], CASES["clip+adamw"][0](), fused=fused)
+        X, y = data()
+        for k in range(6):
+            if k == 3:
+                opt.add_param_group({"params": last, "lr": 1e-3})
+            opt.zero_grad()
+            loss_of(m, X, y).backward()
+            opt.step()
+        assert opt.state[first[0]]["step"] == 6 and opt.state[last[0]]["step"] == 3
+        runs.append(m)
+    assert_close_to(runs[1], runs[0], rtol=RTOL, atol=1e-6)
+
+
 @pytest.mark.parametrize("fused", ["flat", pytest.param(True, marks=[slow, needs_compiler])])
 def test_nonfinite_skip_leaves_everything_untouched(fused):
     m, opt, before, state = nan_run(fused, "skip")
