@@ -19,7 +19,7 @@ source stays the single definition of the math) on different data:
    one elementwise kernel: for ``clip_by_global_norm -> adamw`` it reads gradient, parameter and
    both moments and writes the three of them (28 bytes per float32 parameter) after one read of
    the gradient for the norm (4 bytes); ``clip_grad_norm_`` + torch's fused AdamW moves 40
-   (measured: 0.82x torch's time). A post-grad pass computes the 0-dim values (bias corrections
+   (measured: about 0.8x torch's time). A post-grad pass computes the 0-dim values (bias corrections
    ``1 - beta^t``, ``1 - beta``...) once in a tiny kernel before the big one: inlined, inductor's
    C++ backend re-evaluated ``pow``/``sqrt`` per vector of 16 floats (errno-preserving libm calls
    are not hoisted), which made the kernel 3x slower.
@@ -656,7 +656,10 @@ class FusedEngine:
         if not self.opt._check_finite():  # counts, warns or raises, naming the parameter
             return
         # every gradient is finite, but a chain's global clip norm overflowed the float range
-        msg = "the global gradient norm of a param group overflows its dtype (gradients of ~1e19 or more)"
+        msg = (
+            "the global gradient norm of a param group is not finite although every gradient is "
+            "(its sum of squares overflows the dtype)"
+        )
         if self.opt.nonfinite == "raise":
             raise FloatingPointError(f"non-finite gradient norm: {msg}")
         self.opt.skipped_steps += 1
@@ -734,11 +737,10 @@ class FusedEngine:
                 raise ValueError(f"fused='compile': cannot compile this chain: {why}")
             self._warn(why)
             return None
+        steps = [f.step for f in flats]
         c = self.compiled.get(key)
         if c is None:
-            steps = [f.step for f in flats]
             c = self.compiled[key] = _Compiled(ts, [f.layout for f in flats], device, masked, steps)
-        steps = [f.step for f in flats]
         if not c.ready:
             try:
                 finite, infos = c(ts, steps, flats)
