@@ -181,13 +181,13 @@ def test_wsd_counts_each_phase_honestly():
 
 def test_step_validation():
     s = S.warmup_cosine(PEAK, 10, 100)
-    with pytest.raises(ValueError, match=r"step must be a finite number >= 0 \(0 is the first update\), got -1"):
+    with pytest.raises(ValueError, match=r"step must be in \[0, inf\), got -1"):
         s(-1)
     with pytest.raises(ValueError, match="got nan"):
         s(float("nan"))
-    with pytest.raises(TypeError, match="step must be an integer >= 0"):
+    with pytest.raises(TypeError, match=r"step must be a number in \[0, inf\)"):
         s(True)
-    with pytest.raises(TypeError, match="step must be an integer"):
+    with pytest.raises(TypeError, match="step must be a number"):
         s("3")
     assert s(np.int64(5)) == s(5) == s(torch.tensor(5)) == s(5.0)
     assert isinstance(s(np.int64(5)), float)
@@ -377,57 +377,65 @@ BAD = [
     (
         lambda: S.warmup_cosine(-1e-3, 10, 100),
         ValueError,
-        r"warmup_cosine: peak must be a finite number >= 0, got -0\.001",
+        r"warmup_cosine: peak must be in \[0, inf\), got -0\.001",
     ),
     (
         lambda: S.warmup_cosine(1e-3, 200, 100),
         ValueError,
         r"warmup_cosine: warmup_steps must be in \[0, total_steps=100\] .*got 200",
     ),
-    (lambda: S.warmup_cosine(1e-3, -5, 100), ValueError, r"warmup_steps must be an integer >= 0, got -5"),
-    (lambda: S.warmup_cosine(1e-3, 5, 0), ValueError, r"total_steps must be an integer >= 1, got 0"),
-    (lambda: S.warmup_cosine(1e-3, 2.5, 10), ValueError, r"warmup_steps must be an integer >= 0, got 2\.5"),
-    (lambda: S.warmup_cosine(1e-3, "10", 100), TypeError, r"warmup_steps must be an integer >= 0, got '10'"),
+    (lambda: S.warmup_cosine(1e-3, -5, 100), ValueError, r"warmup_steps must be an integer in \[0, inf\), got -5"),
+    (lambda: S.warmup_cosine(1e-3, 5, 0), ValueError, r"total_steps must be an integer in \[1, inf\), got 0"),
+    (lambda: S.warmup_cosine(1e-3, 2.5, 10), ValueError, r"warmup_steps must be an integer in \[0, inf\), got 2\.5"),
+    (
+        lambda: S.warmup_cosine(1e-3, "10", 100),
+        TypeError,
+        r"warmup_steps must be an integer in \[0, inf\), got str '10'",
+    ),
     (
         lambda: S.warmup_cosine(1e-3, 10, 100, final=0.01),
         ValueError,
-        r"final must be a finite number in \[0, 0\.001\], got 0\.01",
+        r"final must be in \[0, 0\.001\], got 0\.01",
     ),
     (
         lambda: S.warmup_cosine(1e-3, 10, 100, start=-1.0),
         ValueError,
-        r"start must be a finite number in \[0, 0\.001\], got -1\.0",
+        r"start must be in \[0, 0\.001\], got -1\.0",
     ),
-    (lambda: S.warmup_cosine(float("inf"), 10, 100), ValueError, r"peak must be a finite number >= 0, got inf"),
-    (lambda: S.warmup_cosine(None, 10, 100), TypeError, r"peak must be a real number >= 0, got None"),
+    (lambda: S.warmup_cosine(float("inf"), 10, 100), ValueError, r"peak must be in \[0, inf\), got inf"),
+    (lambda: S.warmup_cosine(None, 10, 100), TypeError, r"peak must be a number in \[0, inf\), got NoneType None"),
     (
         lambda: S.wsd(1.0, 10, 10, 10, decay_shape="exp"),
         ValueError,
         r"wsd: decay_shape must be one of 'linear', 'cosine', '1-sqrt', got 'exp'",
     ),
-    (lambda: S.wsd(1.0, 10, -1, 10), ValueError, r"wsd: stable_steps must be an integer >= 0, got -1"),
+    (lambda: S.wsd(1.0, 10, -1, 10), ValueError, r"wsd: stable_steps must be an integer in \[0, inf\), got -1"),
     (lambda: S.wsd(1.0, 0, 0, 0), ValueError, r"wsd: warmup_steps \+ stable_steps \+ decay_steps must be >= 1"),
-    (lambda: S.constant(-0.1), ValueError, r"constant: value must be a finite number >= 0, got -0\.1"),
-    (lambda: S.linear_decay(0.1, -3), ValueError, r"linear_decay: total_steps must be an integer >= 1, got -3"),
+    (lambda: S.constant(-0.1), ValueError, r"constant: value must be in \[0, inf\), got -0\.1"),
+    (
+        lambda: S.linear_decay(0.1, -3),
+        ValueError,
+        r"linear_decay: total_steps must be an integer in \[1, inf\), got -3",
+    ),
     (
         lambda: S.inverse_sqrt(0.1, 10, timescale=0),
         ValueError,
-        r"inverse_sqrt: timescale must be a finite number > 0, got 0",
+        r"inverse_sqrt: timescale must be in \(0, inf\), got 0",
     ),
     (lambda: S.step_decay(0.1), ValueError, r"step_decay: give exactly one of step_size and milestones"),
     (lambda: S.step_decay(0.1, 10, milestones=[3]), ValueError, r"give exactly one of step_size and milestones"),
-    (lambda: S.step_decay(0.1, 0), ValueError, r"step_size must be an integer >= 1, got 0"),
-    (lambda: S.step_decay(0.1, 5, gamma=1.5), ValueError, r"gamma must be a finite number in \(0, 1\], got 1\.5"),
+    (lambda: S.step_decay(0.1, 0), ValueError, r"step_size must be an integer in \[1, inf\), got 0"),
+    (lambda: S.step_decay(0.1, 5, gamma=1.5), ValueError, r"gamma must be in \(0, 1\], got 1\.5"),
     (lambda: S.step_decay(0.1, milestones=[5, 5]), ValueError, r"milestones must be a non-empty, strictly increasing"),
     (
         lambda: S.exponential_decay(0.1, 0.0),
         ValueError,
-        r"exponential_decay: gamma must be a finite number in \(0, 1\], got 0\.0",
+        r"exponential_decay: gamma must be in \(0, 1\], got 0\.0",
     ),
     (
         lambda: S.one_cycle(0.1, 100, pct_start=1.0),
         ValueError,
-        r"one_cycle: pct_start must be a finite number in \(0, 1\), got 1\.0",
+        r"one_cycle: pct_start must be in \(0, 1\), got 1\.0",
     ),
     (
         lambda: S.one_cycle(0.1, 10, pct_start=0.1),
@@ -444,8 +452,8 @@ BAD = [
         ValueError,
         r"one_cycle: anneal must be one of 'cos', 'linear', got 'exp'",
     ),
-    (lambda: S.one_cycle(0.1, 1), ValueError, r"one_cycle: total_steps must be an integer >= 2, got 1"),
-    (lambda: S.one_cycle(0.1, 100, div_factor=0), ValueError, r"div_factor must be a finite number > 0, got 0"),
+    (lambda: S.one_cycle(0.1, 1), ValueError, r"one_cycle: total_steps must be an integer in \[2, inf\), got 1"),
+    (lambda: S.one_cycle(0.1, 100, div_factor=0), ValueError, r"div_factor must be in \(0, inf\), got 0"),
     (
         lambda: S.join([S.constant(1.0), S.constant(0.5)], []),
         ValueError,
@@ -458,7 +466,7 @@ BAD = [
     ),
     (lambda: S.join([S.constant(1.0), 0.5], [10]), TypeError, r"join: schedules\[1\] must be a callable"),
     (lambda: S.join([], []), ValueError, r"join: schedules must contain at least one schedule"),
-    (lambda: S.join([S.constant(1.0)] * 2, [0]), ValueError, r"boundaries\[\] must be an integer >= 1, got 0"),
+    (lambda: S.join([S.constant(1.0)] * 2, [0]), ValueError, r"boundaries\[\] must be an integer in \[1, inf\), got 0"),
     (
         lambda: S.get("cosine", peak=1.0),
         ValueError,
@@ -728,9 +736,9 @@ def test_layerwise_groups_find_torch_transformer_encoder_layers():
     assert explicit == lr
     with pytest.raises(ValueError, match=r"layers='decoder' is not a submodule"):
         S.layerwise_lr_groups(model, 1.0, 0.5, layers="decoder")
-    with pytest.raises(ValueError, match=r"decay must be a finite number in \(0, 1\], got 1\.5"):
+    with pytest.raises(ValueError, match=r"decay must be in \(0, 1\], got 1\.5"):
         S.layerwise_lr_groups(model, 1.0, 1.5)
-    with pytest.raises(ValueError, match=r"base_lr must be a finite number >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"base_lr must be in \[0, inf\), got -1"):
         S.layerwise_lr_groups(model, -1, 0.5)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         S.layerwise_lr_groups([1, 2], 1.0, 0.5)
@@ -801,7 +809,7 @@ def test_param_groups_no_decay():
     # torch optimizers take the groups (param_names is torch's own key for named parameters)
     opt = torch.optim.AdamW(groups)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
-    with pytest.raises(ValueError, match=r"weight_decay must be a finite number >= 0, got -0\.1"):
+    with pytest.raises(ValueError, match=r"weight_decay must be in \[0, inf\), got -0\.1"):
         S.param_groups_no_decay(model, -0.1)
     with pytest.raises(TypeError, match="no_decay_names must be a sequence of strings"):
         S.param_groups_no_decay(model, 0.1, no_decay_names="bias")

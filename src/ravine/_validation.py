@@ -61,6 +61,22 @@ class Interval:
         if self.low is not None and self.high is not None and self.low > self.high:
             raise ValueError(f"Interval low must be <= high, got [{self.low}, {self.high}]")
 
+    @classmethod
+    def finite(
+        cls,
+        kind: type,
+        low: float | None = None,
+        high: float | None = None,
+        *,
+        low_open: bool = False,
+        high_open: bool = False,
+    ) -> Interval:
+        """Finite values between ``low`` and ``high``: an unbounded end excludes its infinity."""
+        left = low is not None and not low_open
+        right = high is not None and not high_open
+        closed = {(True, True): "both", (True, False): "left", (False, True): "right"}.get((left, right), "neither")
+        return cls(kind, low, high, closed)
+
     @property
     def low_closed(self) -> bool:
         return self.closed in ("both", "left")

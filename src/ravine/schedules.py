@@ -51,7 +51,6 @@ import dataclasses
 import fnmatch
 import math
 import numbers
-import operator
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, NamedTuple
@@ -60,6 +59,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
+
+from ravine._validation import Interval, Options, check
 
 __all__ = [
     "DECAY_SHAPES",
@@ -104,14 +105,7 @@ class Phase(NamedTuple):
 # validation helpers
 
 
-def _fmt_range(low, high, low_open, high_open) -> str:
-    if low is not None and high is not None:
-        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    if low is not None:
-        return f"{'>' if low_open else '>='} {low:g}"
-    if high is not None:
-        return f"{'<' if high_open else '<='} {high:g}"
-    return "finite"
+_STEP = Interval.finite(float, 0)
 
 
 def _real(
@@ -124,36 +118,14 @@ def _real(
     low_open: bool = False,
     high_open: bool = False,
 ) -> float:
-    """``value`` as a float, or ``TypeError``/``ValueError`` naming ``owner``, ``name`` and the range."""
-    allowed = _fmt_range(low, high, low_open, high_open)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{owner}: {name} must be a real number {allowed}, got {value!r}")
-    v = float(value)
-    bad = not math.isfinite(v)
-    if low is not None:
-        bad = bad or (v <= low if low_open else v < low)
-    if high is not None:
-        bad = bad or (v >= high if high_open else v > high)
-    if bad:
-        raise ValueError(f"{owner}: {name} must be a finite number {allowed}, got {value!r}")
-    return v
+    """``value`` as a finite float in the interval, or the error ``ravine._validation`` words."""
+    interval = Interval.finite(float, low, high, low_open=low_open, high_open=high_open)
+    return check(name, value, interval, where=f"{owner}: ")
 
 
 def _count(owner: str, name: str, value: Any, minimum: int = 0) -> int:
     """``value`` as an int >= ``minimum`` (integral floats such as ``1e3`` are accepted)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
-    if isinstance(value, numbers.Integral):
-        v = int(value)
-    elif isinstance(value, numbers.Real) and math.isfinite(float(value)) and float(value).is_integer():
-        v = int(value)
-    elif isinstance(value, numbers.Real):
-        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
-    else:
-        raise TypeError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
-    if v < minimum:
-        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
-    return v
+    return check(name, value, Interval.finite(int, minimum), where=f"{owner}: ")
 
 
 def _check_step(step: Any) -> float:
@@ -162,19 +134,9 @@ def _check_step(step: Any) -> float:
         if step.numel() != 1:
             raise TypeError(f"step must be a scalar, got a tensor of shape {tuple(step.shape)}")
         step = step.item()
-    if isinstance(step, bool):
-        raise TypeError(f"step must be an integer >= 0 (0 is the first update), got {step!r}")
-    try:
-        t: float = operator.index(step)
-    except TypeError:
-        if not isinstance(step, numbers.Real):
-            raise TypeError(
-                f"step must be an integer >= 0 (0 is the first update), got {type(step).__name__} {step!r}"
-            ) from None
-        t = float(step)
-    if not math.isfinite(t) or t < 0:
-        raise ValueError(f"step must be a finite number >= 0 (0 is the first update), got {step!r}")
-    return t
+    if isinstance(step, numbers.Integral) and not isinstance(step, bool) and step >= 0:
+        return int(step)
+    return check("step", step, _STEP)
 
 
 def _set(obj: Any, name: str, value: Any) -> None:
@@ -489,10 +451,7 @@ class WSD(Schedule):
         if self.warmup_steps + self.stable_steps + self.decay_steps < 1:
             raise ValueError(f"{n}: warmup_steps + stable_steps + decay_steps must be >= 1, got 0")
         _set(self, "final", _check_final(n, self.final, self.peak))
-        if self.decay_shape not in DECAY_SHAPES:
-            raise ValueError(
-                f"{n}: decay_shape must be one of {', '.join(map(repr, DECAY_SHAPES))}, got {self.decay_shape!r}"
-            )
+        check("decay_shape", self.decay_shape, Options(DECAY_SHAPES), where=f"{n}: ")
         _set(self, "start", _check_start(n, self.start, self.peak))
 
     @property
@@ -696,10 +655,7 @@ class OneCycle(Schedule):
         _set(self, "total_steps", T)
         pct = _real(n, "pct_start", self.pct_start, 0.0, 1.0, low_open=True, high_open=True)
         _set(self, "pct_start", pct)
-        if self.anneal not in ANNEAL_STRATEGIES:
-            raise ValueError(
-                f"{n}: anneal must be one of {', '.join(map(repr, ANNEAL_STRATEGIES))}, got {self.anneal!r}"
-            )
+        check("anneal", self.anneal, Options(ANNEAL_STRATEGIES), where=f"{n}: ")
         _set(self, "div_factor", _real(n, "div_factor", self.div_factor, 0.0, low_open=True))
         _set(self, "final_div_factor", _real(n, "final_div_factor", self.final_div_factor, 0.0, low_open=True))
         if not isinstance(self.three_phase, bool):
