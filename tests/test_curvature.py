@@ -491,10 +491,81 @@ def test_stability_thresholds_published_values():
     assert C.stability_threshold(0.01) == pytest.approx(200.0)  # 2 / lr
     assert C.stability_threshold(0.01, "adam") == pytest.approx(3800.0)  # 38 / lr at beta1 = 0.9
     assert C.stability_threshold(0.1, "momentum", beta1=0.9) == pytest.approx(38.0)
-    with pytest.raises(ValueError, match="optimizer must be one of 'gd', 'momentum', 'adam'; got 'sgd'"):
+    with pytest.raises(ValueError, match="optimizer must be one of 'gd', 'momentum', 'adam', got 'sgd'"):
         C.stability_threshold(0.1, "sgd")
-    with pytest.raises(ValueError, match=r"lr must be a finite number > 0; got -1"):
+    with pytest.raises(ValueError, match=r"lr must be in \(0, inf\), got -1"):
         C.stability_threshold(-1)
+
+
+def _closed_form_hessian_eigenvalues(f, point):
+    """Eigenvalues of the exact Hessian of ``f(x, y)`` at ``point`` (torch.autograd.functional.hessian)."""
+    h = torch.autograd.functional.hessian(lambda p: f(p[0], p[1]), torch.tensor(point, dtype=torch.float64))
+    return torch.linalg.eigvalsh(h)
+
+
+@pytest.mark.parametrize(
+    ("f", "point", "exact", "kind"),
+    [
+        (lambda x, y: x * x + 3 * y * y, (0.0, 0.0), [2.0, 6.0], "minimum"),  # bowl
+        (lambda x, y: -(x * x) - 0.5 * y * y, (0.0, 0.0), [-2.0, -1.0], "maximum"),
+        (lambda x, y: x * x - y * y, (0.0, 0.0), [-2.0, 2.0], "saddle"),  # the saddle surface
+        (lambda x, y: x**3 - 3 * x * y * y, (0.0, 0.0), [0.0, 0.0], "degenerate"),  # monkey saddle
+        (lambda x, y: x * x + y**4, (0.0, 0.0), [0.0, 2.0], "degenerate"),  # flat along y
+        (lambda x, y: (1 - x) ** 2 + 100 * (y - x * x) ** 2, (1.0, 1.0), None, "minimum"),  # Rosenbrock
+    ],
+)
+def test_critical_point_kind_on_closed_form_hessians(f, point, exact, kind):
+    lam = _closed_form_hessian_eigenvalues(f, point)
+    if exact is not None:
+        assert lam.tolist() == pytest.approx(exact, abs=1e-12)
+    assert C.critical_point_kind(lam) == kind
+    assert C.critical_point_kind(lam.flip(0).tolist()) == kind  # order does not matter
+
+
+def test_critical_point_kind_tolerance_and_undefined():
+    assert C.critical_point_kind([1.0, 1e-13]) == "degenerate"  # within 1e-12 of the scale: zero
+    assert C.critical_point_kind([1.0, 1e-11]) == "minimum"
+    assert C.critical_point_kind([1.0, 1e-11], tol=1e-10) == "degenerate"
+    assert C.critical_point_kind([-1.0, 2.0, 3.0]) == "saddle"  # any dimension
+    assert C.critical_point_kind([float("nan"), 1.0]) == "undefined"
+    assert C.critical_point_kind([float("inf"), 1.0]) == "undefined"
+    with pytest.raises(ValueError, match=r"tol must be in \[0, inf\), got -1"):
+        C.critical_point_kind([1.0, 2.0], tol=-1)
+
+
+def _final_distance(lam, lr, momentum=0.0, dampening=0.0, steps=3000):
+    """|w| after full-batch torch.optim.SGD on f(w) = lam w^2 / 2 from w = 1."""
+    w = torch.ones(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=lr, momentum=momentum, dampening=dampening)
+    for _ in range(steps):
+        opt.zero_grad()
+        (0.5 * lam * w * w).sum().backward()
+        opt.step()
+    return float(w.detach().abs())
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "sgd_kwargs"),
+    [("gd", {}), ("momentum", {"momentum": 0.9}), ("adam", {"momentum": 0.9, "dampening": 0.9})],
+)
+def test_max_stable_lr_is_the_divergence_threshold_on_a_quadratic(optimizer, sgd_kwargs):
+    """torch's SGD (heavy ball; with dampening = beta1, the EMA momentum of Adam's first moment on a
+    quadratic with a frozen preconditioner) converges just below max_stable_lr and diverges just above."""
+    lam = 7.0
+    lr = C.max_stable_lr(lam, optimizer, beta1=0.9)
+    assert C.stability_threshold(lr, optimizer, beta1=0.9) == pytest.approx(lam, rel=1e-15)
+    assert _final_distance(lam, 0.98 * lr, **sgd_kwargs) < 1e-6
+    assert _final_distance(lam, 1.02 * lr, **sgd_kwargs) > 1e6
+
+
+def test_max_stable_lr_closed_forms_and_no_positive_curvature():
+    assert C.max_stable_lr(4.0) == 0.5  # 2 / lambda, bit for bit
+    assert C.max_stable_lr(0.5, "adam", beta1=0.9) == pytest.approx(76.0)  # 38 / lambda
+    assert C.max_stable_lr(0.0) is None
+    assert C.max_stable_lr(-3.0) is None
+    assert C.max_stable_lr(float("nan")) is None
+    with pytest.raises(ValueError, match=r"beta1 must be in \[0, 1\), got 1"):
+        C.max_stable_lr(1.0, "momentum", beta1=1)
 
 
 def test_sharpness_report_combines_measures(mlp_case):

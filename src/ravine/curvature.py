@@ -51,6 +51,8 @@ from torch.func import functional_call, jvp
 from torch.func import grad as func_grad
 from torch.func import grad_and_value as func_grad_and_value
 
+from ravine._validation import Interval, Options, check
+
 __all__ = [
     "HessianOperator",
     "EigenResult",
@@ -71,6 +73,8 @@ __all__ = [
     "adam_preconditioner",
     "preconditioned_sharpness",
     "stability_threshold",
+    "max_stable_lr",
+    "critical_point_kind",
     "sharpness",
 ]
 
@@ -1351,23 +1355,84 @@ def preconditioned_sharpness(
     return PreconditionedSharpness(float(vals[0]), threshold, lr, beta1, eig)
 
 
+_STABILITY_OPTIMIZERS = Options(("gd", "momentum", "adam"))
+_POSITIVE = Interval(float, 0, None, closed="neither")
+_BETA1 = Interval(float, 0, 1, closed="left")
+
+
+def _stability_constant(optimizer: str, beta1: float) -> float:
+    """``c`` in the stability rule ``lr * lambda < c`` of full-batch training on a quadratic."""
+    check("optimizer", optimizer, _STABILITY_OPTIMIZERS)
+    beta1 = check("beta1", beta1, _BETA1)
+    if optimizer == "gd":
+        return 2.0
+    if optimizer == "momentum":
+        return 2.0 + 2.0 * beta1
+    return (2.0 + 2.0 * beta1) / (1.0 - beta1)
+
+
 def stability_threshold(lr: float, optimizer: str = "gd", *, beta1: float = 0.9) -> float:
     """The curvature at which full-batch training of a quadratic turns unstable.
 
-    ``"gd"``: ``2 / lr`` (compare with ``lambda_max(H)``; Cohen et al. 2021, Edge of Stability);
-    ``"momentum"`` (heavy ball, momentum ``beta1``): ``(2 + 2 beta1) / lr``;
-    ``"adam"``: ``(2 + 2 beta1) / ((1 - beta1) lr)``, ``38 / lr`` at ``beta1 = 0.9`` (compare with
-    the preconditioned sharpness; Cohen et al. 2022).
+    Training with learning rate ``lr`` on ``f(w) = lambda w^2 / 2`` is stable exactly while
+    ``lr * lambda < c``, so the threshold is ``c / lr``:
+
+    - ``"gd"``: ``c = 2``, threshold ``2 / lr`` (compare with ``lambda_max(H)``; Cohen et al. 2021,
+      Edge of Stability);
+    - ``"momentum"`` (heavy ball ``m <- beta1 m + g``, ``w <- w - lr m``): ``c = 2 + 2 beta1``;
+    - ``"adam"``: ``c = (2 + 2 beta1) / (1 - beta1)``, ``38 / lr`` at ``beta1 = 0.9`` (compare with
+      the preconditioned sharpness; Cohen et al. 2022); the same rule as an EMA momentum
+      ``m <- beta1 m + (1 - beta1) g`` on the preconditioned quadratic.
+
+    :func:`max_stable_lr` is the same rule solved for ``lr``.
     """
-    lr = _check_positive_float("lr", lr)
-    _check_choice("optimizer", optimizer, ("gd", "momentum", "adam"))
-    if isinstance(beta1, bool) or not isinstance(beta1, (int, float)) or not 0 <= beta1 < 1:
-        raise ValueError(f"beta1 must be a number in [0, 1); got {beta1!r}")
-    if optimizer == "gd":
-        return 2.0 / lr
-    if optimizer == "momentum":
-        return (2.0 + 2.0 * beta1) / lr
-    return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
+    lr = check("lr", lr, _POSITIVE)
+    return _stability_constant(optimizer, beta1) / lr
+
+
+def max_stable_lr(lambda_max: float, optimizer: str = "gd", *, beta1: float = 0.9) -> float | None:
+    """The largest stable learning rate for curvature ``lambda_max``: :func:`stability_threshold` inverted.
+
+    ``c / lambda_max`` with the same ``c`` as :func:`stability_threshold` (``2 / lambda_max`` for
+    gradient descent): on the local quadratic model, a larger ``lr`` makes the iterates grow along
+    the top eigenvector. ``None`` when ``lambda_max <= 0`` (no positive curvature: no step size is
+    unstable on the quadratic model) or when ``lambda_max`` is not finite.
+    """
+    c = _stability_constant(optimizer, beta1)
+    if isinstance(lambda_max, bool) or not isinstance(lambda_max, (int, float)):
+        raise TypeError(f"lambda_max must be a number, got {type(lambda_max).__name__} {lambda_max!r}")
+    if not math.isfinite(lambda_max) or lambda_max <= 0:
+        return None
+    return c / lambda_max
+
+
+def critical_point_kind(eigenvalues: Sequence[float] | Tensor, *, tol: float = 1e-12) -> str:
+    """What a critical point is, from its Hessian's eigenvalues (second-derivative test).
+
+    With ``scale = max_i |lambda_i|`` and ``tiny = tol * scale`` (eigenvalues within ``tiny`` of
+    zero count as zero, the rounding of an exact Hessian):
+
+    - ``"minimum"``: every ``lambda_i > tiny`` (positive definite);
+    - ``"maximum"``: every ``lambda_i < -tiny`` (negative definite);
+    - ``"saddle"``: some ``lambda_i < -tiny`` and some ``lambda_j > tiny`` (indefinite);
+    - ``"degenerate"``: otherwise (a zero eigenvalue and no sign change: the test is inconclusive);
+    - ``"undefined"``: an eigenvalue is NaN or infinite (or there are none).
+
+    The playground labels a 2D surface's points with it; for a network see :func:`hessian_index`.
+    """
+    lam = [float(v) for v in (eigenvalues.reshape(-1).tolist() if isinstance(eigenvalues, Tensor) else eigenvalues)]
+    tol = check("tol", tol, Interval(float, 0, None, closed="left"))
+    if not lam or not all(math.isfinite(v) for v in lam):
+        return "undefined"
+    tiny = tol * max(max(abs(v) for v in lam), 1e-300)
+    lo, hi = min(lam), max(lam)
+    if lo > tiny:
+        return "minimum"
+    if hi < -tiny:
+        return "maximum"
+    if lo < -tiny and hi > tiny:
+        return "saddle"
+    return "degenerate"
 
 
 @dataclass
