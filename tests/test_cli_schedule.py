@@ -105,7 +105,7 @@ def test_list(capsys):
         ([*WC, "--stable-steps", "5"], "--stable-steps does not apply to warmup_cosine; its parameters: --peak FLOAT"),
         (
             ["schedule", "warmup_cosine", "--peak", "-1", "--warmup-steps", "1", "--total-steps", "5"],
-            "warmup_cosine: peak must be a finite number >= 0, got -1.0",
+            "warmup_cosine: peak must be in [0, inf), got -1.0",
         ),
         (
             ["schedule", "warmup_cosine", "--peak", "1", "--warmup-steps", "10", "--total-steps", "5"],
