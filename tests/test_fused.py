@@ -513,8 +513,8 @@ def test_ineligible_chains_are_named_or_fall_back():
 
 
 def test_bad_fused_argument():
-    allowed = r"\[False, True, None, 'flat', 'compile'\]"
-    with pytest.raises(ValueError, match=rf"fused='yes' is not allowed; choose one of {allowed}"):
+    allowed = r"False, True, None, 'flat', 'compile'"
+    with pytest.raises(ValueError, match=rf"fused must be one of {allowed}, got 'yes'"):
         ro.Optimizer(make_model().parameters(), ro.adamw(1e-3), fused="yes")
 
 
@@ -542,5 +542,5 @@ def test_torch_style_classes_take_fused():
     assert opts[1].fused == "flat"
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    with pytest.raises(ValueError, match="fused='fast' is not allowed"):
+    with pytest.raises(ValueError, match="fused must be one of .*, got 'fast'"):
         ro.SGD(models[0].parameters(), lr=0.1, fused="fast")

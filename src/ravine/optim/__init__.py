@@ -18,6 +18,7 @@ In a torch training loop::
 Only torch and numpy are imported here (the core layer).
 """
 
+from ._constraints import CONSTRAINTS
 from .adapter import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from .alias import (
     adagrad,
@@ -56,6 +57,7 @@ from .transforms import (
 )
 
 __all__ = [
+    "CONSTRAINTS",
     "Transform", "chain", "apply_updates", "chain_info", "resolve", "transform",
     "identity", "scale", "scale_by_learning_rate", "scale_by_schedule", "trace", "scale_by_rms",
     "scale_by_adam", "scale_by_rss", "add_decayed_weights", "add_l2", "clip_by_global_norm",

@@ -33,12 +33,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._validation import Options, check
 from .alias import torch_adagrad, torch_adam, torch_adamw, torch_rmsprop, torch_sgd
 from .base import State, Transform, apply_updates, chain_info, params_with_grad
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
 
-_NONFINITE = ("skip", "raise", "apply")
+_NONFINITE = Options(("skip", "raise", "apply"))
 
 
 class _Slot:
@@ -145,8 +146,7 @@ class Optimizer(torch.optim.Optimizer):
                 f"transform must be a ravine.optim.Transform (e.g. ravine.optim.adamw(1e-3)), "
                 f"got {type(transform).__name__}"
             )
-        if nonfinite not in _NONFINITE:
-            raise ValueError(f"nonfinite={nonfinite!r} is not allowed; choose one of {list(_NONFINITE)}")
+        check("nonfinite", nonfinite, _NONFINITE)
         self.transform = transform
         self.nonfinite = nonfinite
         self.skipped_steps = 0
@@ -155,8 +155,7 @@ class Optimizer(torch.optim.Optimizer):
         self._layouts: dict[str, Any] = {}
         from .fused import FUSED_MODES, FusedEngine
 
-        if not any(fused is m for m in FUSED_MODES) and fused not in ("flat", "compile"):
-            raise ValueError(f"fused={fused!r} is not allowed; choose one of {list(FUSED_MODES)}")
+        check("fused", fused, FUSED_MODES)
         self.fused = fused
         self._fused = None if fused is False else FusedEngine(self, fused)
         super().__init__(params, dict(transform.hyperparams))

@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .base import Hyper, Transform, chain, check_range, is_number, resolve, transform
+from ._constraints import check_hyper, check_option
+from .base import Hyper, Transform, chain, is_number, resolve, transform
 from .transforms import (
     add_decayed_weights,
     add_l2,
@@ -176,12 +177,11 @@ def adamw(
 
     ``mask`` selects the parameters to decay (exclude biases and norm weights).
     """
-    if decay_convention not in ("torch", "decoupled"):
-        raise ValueError(f"adamw: decay_convention={decay_convention!r} is not allowed; choose 'torch' or 'decoupled'")
+    check_option("decay_convention", decay_convention, where="adamw: ")
     direction = scale_by_adam(b1, b2, eps, bias_correction, amsgrad)
     if decay_convention == "torch":
         return chain(direction, add_decayed_weights(weight_decay, mask), scale_by_learning_rate(lr))
-    check_range("weight_decay", weight_decay, 0.0, where="adamw: ")
+    check_hyper("weight_decay", weight_decay, where="adamw: ")
     if lr_peak is None:
         lr_peak = getattr(lr, "peak", None) if callable(lr) else lr
     if callable(lr) and lr_peak is None:
@@ -190,8 +190,8 @@ def adamw(
             "or use a ravine.schedules schedule (they expose .peak)"
         )
     peak = lr_peak
-    if is_number(peak) and peak <= 0:
-        raise ValueError(f"adamw: lr_peak={peak!r} is out of range; allowed: (0, inf)")
+    if is_number(peak):  # a tensor learning rate is its own peak, row by row
+        check_hyper("lr_peak", peak, where="adamw: ")
     decay = _DecayMultiplier(lr, peak, weight_decay) if (callable(lr) or callable(weight_decay)) else (
         weight_decay * lr / peak
     )
@@ -237,17 +237,13 @@ def adagrad(
 ) -> Transform:
     """Adagrad (Duchi et al. 2011): ``s = s + g^2``, ``p = p - lr_t g / (sqrt(s) + eps)``,
     ``lr_t = lr / (1 + (t-1) lr_decay)`` (torch's decay)."""
-    check_range("lr_decay", lr_decay, 0.0, where="adagrad: ")
+    check_hyper("lr_decay", lr_decay, where="adagrad: ")
     rate = _AdagradLR(lr, lr_decay) if lr_decay != 0 else lr
     return chain(scale_by_rss(eps, initial_accumulator_value), scale_by_learning_rate(rate))
 
 
 # ------------------------------------------------------------------------------------------------
 # torch-compatible factories (torch's names and defaults), behind the Optimizer classes
-
-
-def _check_lr(lr: Any, where: str) -> None:
-    check_range("lr", lr, 0.0, where=where)
 
 
 def _torch_prefix(maximize: bool, weight_decay: Any) -> list[Transform]:
@@ -269,9 +265,9 @@ def torch_sgd(
 ) -> Transform:
     """torch.optim.SGD as a chain: ``[scale(-1)] -> add_l2 -> trace(heavy_ball) -> lr``."""
     where = "SGD: "
-    _check_lr(lr, where)
-    check_range("momentum", momentum, 0.0, 1.0, high_open=True, where=where)
-    check_range("weight_decay", weight_decay, 0.0, where=where)
+    check_hyper("lr", lr, where=where)
+    check_hyper("momentum", momentum, where=where)
+    check_hyper("weight_decay", weight_decay, where=where)
     if nesterov and (not _nonzero(momentum) or _nonzero(dampening)):
         raise ValueError(
             f"{where}nesterov=True requires momentum > 0 and dampening = 0, got momentum={momentum!r}, "
@@ -289,8 +285,8 @@ def _betas(betas: Any, where: str) -> tuple[Any, Any]:
         b1, b2 = betas
     except (TypeError, ValueError):
         raise ValueError(f"{where}betas must be a pair (beta1, beta2), got {betas!r}") from None
-    check_range("betas[0]", b1, 0.0, 1.0, high_open=True, where=where)
-    check_range("betas[1]", b2, 0.0, 1.0, high_open=True, where=where)
+    check_hyper("betas[0]", b1, where=where, key="betas")
+    check_hyper("betas[1]", b2, where=where, key="betas")
     return b1, b2
 
 
@@ -306,10 +302,10 @@ def torch_adam(
 ) -> Transform:
     """torch.optim.Adam as a chain (coupled L2 unless ``decoupled_weight_decay``)."""
     where = "Adam: "
-    _check_lr(lr, where)
+    check_hyper("lr", lr, where=where)
     b1, b2 = _betas(betas, where)
-    check_range("eps", eps, 0.0, where=where)
-    check_range("weight_decay", weight_decay, 0.0, where=where)
+    check_hyper("eps", eps, where=where)
+    check_hyper("weight_decay", weight_decay, where=where)
     parts = _torch_prefix(maximize, 0.0 if decoupled_weight_decay else weight_decay)
     parts.append(scale_by_adam(b1, b2, eps, True, amsgrad))
     if _nonzero(weight_decay) and decoupled_weight_decay:
@@ -343,10 +339,10 @@ def torch_rmsprop(
 ) -> Transform:
     """torch.optim.RMSprop as a chain: ``[scale(-1)] -> add_l2 -> scale_by_rms -> [trace] -> lr``."""
     where = "RMSprop: "
-    _check_lr(lr, where)
-    check_range("alpha", alpha, 0.0, 1.0, high_open=True, where=where)
-    check_range("momentum", momentum, 0.0, 1.0, high_open=True, where=where)
-    check_range("weight_decay", weight_decay, 0.0, where=where)
+    check_hyper("lr", lr, where=where)
+    check_hyper("alpha", alpha, where=where)
+    check_hyper("momentum", momentum, where=where)
+    check_hyper("weight_decay", weight_decay, where=where)
     parts = _torch_prefix(maximize, weight_decay)
     parts.append(scale_by_rms(alpha, eps, centered))
     if _nonzero(momentum):
@@ -367,8 +363,8 @@ def torch_adagrad(
 ) -> Transform:
     """torch.optim.Adagrad as a chain: ``[scale(-1)] -> add_l2 -> scale_by_rss -> lr/(1+(t-1)lr_decay)``."""
     where = "Adagrad: "
-    _check_lr(lr, where)
-    check_range("weight_decay", weight_decay, 0.0, where=where)
+    check_hyper("lr", lr, where=where)
+    check_hyper("weight_decay", weight_decay, where=where)
     parts = _torch_prefix(maximize, weight_decay)
     parts.append(adagrad(lr, eps, initial_accumulator_value, lr_decay))
     return chain(*parts)

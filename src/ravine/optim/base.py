@@ -156,54 +156,6 @@ def is_number(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def check_range(
-    name: str,
-    value: Any,
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-    where: str = "",
-) -> None:
-    """Raise ``ValueError`` naming ``name``, ``value`` and the allowed interval if out of range.
-
-    Floats and tensors (every element) are checked; schedules are checked when they are evaluated
-    by the schedule itself (a ravine schedule validates its own parameters).
-    """
-    if callable(value) and not isinstance(value, Tensor):
-        return
-    if isinstance(value, Tensor):
-        if value.numel() == 0:
-            return
-        lo_v, hi_v = value.min().item(), value.max().item()
-        shown = f"tensor with values in [{lo_v:g}, {hi_v:g}]"
-    elif is_number(value):
-        lo_v = hi_v = float(value)
-        shown = repr(value)
-    else:
-        raise TypeError(
-            f"{where}{name} must be a float, a schedule (callable step -> float) or a tensor, "
-            f"got {type(value).__name__} {value!r}"
-        )
-    bad = math.isnan(lo_v) or math.isnan(hi_v)
-    if low is not None:
-        bad |= lo_v <= low if low_open else lo_v < low
-    if high is not None:
-        bad |= hi_v >= high if high_open else hi_v > high
-    if bad:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        lo_s = "-inf" if low is None else f"{low:g}"
-        hi_s = "inf" if high is None else f"{high:g}"
-        raise ValueError(f"{where}{name}={shown} is out of range; allowed: {left}{lo_s}, {hi_s}{right}")
-
-
-def check_choice(name: str, value: Any, allowed: Sequence[Any], where: str = "") -> None:
-    if value not in allowed:
-        raise ValueError(f"{where}{name}={value!r} is not allowed; choose one of {list(allowed)}")
-
-
 # --------------------------------------------------------------------------------------------
 # list ops: torch._foreach_* when the coefficient is a Python number (one dispatch for the whole
 # list), a per-tensor loop when it is a tensor that broadcasts against each parameter.

@@ -83,6 +83,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .._validation import Options
 from . import transforms as _transforms
 from .adapter import _assemble, _layout, _slots
 from .base import Transform, apply_updates, chain, chain_info, is_number, params_with_grad, resolve
@@ -92,7 +93,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FUSED_MODES", "check_fusable", "FusedEngine", "peak_step_memory"]
 
-FUSED_MODES = (False, True, None, "flat", "compile")
+FUSED_MODES = Options((False, True, None, "flat", "compile"))
 
 # primitives whose math is elementwise (or a global reduction over all coordinates): flattening
 # parameters does not change what they compute.

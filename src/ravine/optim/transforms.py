@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._constraints import check_hyper, check_option
 from .base import (
     Hyper,
     Params,
@@ -20,8 +21,6 @@ from .base import (
     Transform,
     add_,
     addcmul_,
-    check_choice,
-    check_range,
     lerp_,
     mul_,
     power,
@@ -75,7 +74,7 @@ def identity() -> Transform:
 @transform()
 def scale(factor: Hyper) -> Transform:
     """``u = factor * g``."""
-    check_range("factor", factor, where="scale: ")
+    check_hyper("factor", factor, where="scale: ")
 
     def apply(u: Params, step: int, p: Params | None) -> Params:
         mul_(u, resolve(factor, step))
@@ -87,7 +86,7 @@ def scale(factor: Hyper) -> Transform:
 @transform()
 def scale_by_learning_rate(lr: Hyper, flip_sign: bool = True) -> Transform:
     """``u = -lr_t * g`` (``+lr_t`` with ``flip_sign=False``); ``lr_t = lr(t-1)`` for a schedule."""
-    check_range("lr", lr, 0.0, where="scale_by_learning_rate: ")
+    check_hyper("lr", lr, where="scale_by_learning_rate: ")
     sign = -1.0 if flip_sign else 1.0
 
     def apply(u: Params, step: int, p: Params | None) -> Params:
@@ -124,9 +123,9 @@ def trace(beta: Hyper = 0.9, form: str = "ema", dampening: Hyper = 0.0, nesterov
     State: ``momentum_buffer`` (torch's name).
     """
     where = "trace: "
-    check_choice("form", form, ("ema", "heavy_ball"), where)
-    check_range("beta", beta, 0.0, 1.0, high_open=True, where=where)
-    check_range("dampening", dampening, 0.0, 1.0, where=where)
+    check_option("form", form, where=where)
+    check_hyper("beta", beta, where=where)
+    check_hyper("dampening", dampening, where=where)
     if nesterov and form == "heavy_ball" and scalar(dampening) and dampening != 0:
         raise ValueError(f"{where}nesterov=True requires dampening=0 (as torch), got dampening={dampening!r}")
     if nesterov and scalar(beta) and beta == 0:
@@ -176,8 +175,8 @@ def scale_by_rms(beta: Hyper = 0.999, eps: Hyper = 1e-8, centered: bool = False)
     State: ``square_avg`` and ``grad_avg`` (torch's names).
     """
     where = "scale_by_rms: "
-    check_range("beta", beta, 0.0, 1.0, high_open=True, where=where)
-    check_range("eps", eps, 0.0, where=where)
+    check_hyper("beta", beta, where=where)
+    check_hyper("eps", eps, where=where)
 
     def init(params: Params) -> State:
         s: State = {"step": 0, "square_avg": zeros_like(params)}
@@ -235,9 +234,9 @@ def scale_by_adam(
     ``max_exp_avg_sq`` (torch's names).
     """
     where = "scale_by_adam: "
-    check_range("b1", b1, 0.0, 1.0, high_open=True, where=where)
-    check_range("b2", b2, 0.0, 1.0, high_open=True, where=where)
-    check_range("eps", eps, 0.0, where=where)
+    check_hyper("b1", b1, where=where)
+    check_hyper("b2", b2, where=where)
+    check_hyper("eps", eps, where=where)
 
     def init(params: Params) -> State:
         s: State = {"step": 0, "exp_avg": zeros_like(params), "exp_avg_sq": zeros_like(params)}
@@ -283,8 +282,8 @@ def scale_by_rss(eps: Hyper = 1e-10, initial_accumulator_value: float = 0.0) -> 
     State: ``sum`` (torch's name), initialised to ``initial_accumulator_value``.
     """
     where = "scale_by_rss: "
-    check_range("eps", eps, 0.0, where=where)
-    check_range("initial_accumulator_value", initial_accumulator_value, 0.0, where=where)
+    check_hyper("eps", eps, where=where)
+    check_hyper("initial_accumulator_value", initial_accumulator_value, where=where)
 
     def init(params: Params) -> State:
         return {
@@ -336,8 +335,8 @@ def add_decayed_weights(
     use it to exclude biases and norm weights.
     """
     where = "add_decayed_weights: "
-    check_range("weight_decay", weight_decay, 0.0, where=where)
-    check_choice("convention", convention, ("torch", "decoupled"), where)
+    check_hyper("weight_decay", weight_decay, where=where)
+    check_option("convention", convention, where=where)
     return _add_weights(weight_decay, mask, 1.0 if convention == "torch" else -1.0, where)
 
 
@@ -371,7 +370,7 @@ def add_l2(
     That is torch's ``Adam(weight_decay=...)`` and ``SGD(weight_decay=...)``, and what AdamW fixes.
     """
     where = "add_l2: "
-    check_range("weight_decay", weight_decay, 0.0, where=where)
+    check_hyper("weight_decay", weight_decay, where=where)
     return _add_weights(weight_decay, mask, 1.0, where)
 
 
@@ -397,7 +396,7 @@ def clip_by_global_norm(max_norm: Hyper = 1.0, per_row: bool = False) -> Transfo
     norm) and ``clipped`` (whether it clipped), for logging.
     """
     where = "clip_by_global_norm: "
-    check_range("max_norm", max_norm, 0.0, low_open=True, where=where)
+    check_hyper("max_norm", max_norm, where=where)
 
     def init(params: Params) -> State:
         return {"step": 0}
@@ -431,7 +430,7 @@ def clip_by_value(clip: Hyper = 1.0) -> Transform:
     norm) and ``clipped`` (whether any coordinate was clamped).
     """
     where = "clip_by_value: "
-    check_range("clip", clip, 0.0, low_open=True, where=where)
+    check_hyper("clip", clip, where=where)
 
     def init(params: Params) -> State:
         return {"step": 0}
@@ -465,8 +464,8 @@ def clip_adaptive(clipping: Hyper = 0.01, eps: float = 1e-3) -> Transform:
     ``clip_fraction`` (fraction of units clipped), ``norm`` (pre-clip global norm).
     """
     where = "clip_adaptive: "
-    check_range("clipping", clipping, 0.0, low_open=True, where=where)
-    check_range("eps", eps, 0.0, where=where)
+    check_hyper("clipping", clipping, where=where)
+    check_hyper("eps", eps, where=where)
 
     def init(params: Params) -> State:
         return {"step": 0}

@@ -1,0 +1,77 @@
+"""The allowed range of every hyperparameter of :mod:`ravine.optim`, and the checks made from it.
+
+``CONSTRAINTS`` is the one table: the transforms, the named optimizers, the torch-style classes and
+the web API's pydantic bounds all read it, so the library and the API can never disagree. A value
+is checked by :func:`check_hyper`: a number through :func:`ravine._validation.check`, a tensor by its
+smallest and largest element, a schedule (a callable ``step -> float``) not at all (a ravine
+schedule validates itself).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+from torch import Tensor
+
+from .._validation import Interval, Options, check
+
+__all__ = ["CONSTRAINTS", "check_hyper", "check_option"]
+
+_UNIT = Interval(float, 0, 1, closed="left")  # [0, 1): a decay rate
+_NONNEGATIVE = Interval(float, 0, None)  # [0, inf]
+_POSITIVE = Interval(float, 0, None, closed="right")  # (0, inf]
+
+CONSTRAINTS: dict[str, Interval | Options] = {
+    "lr": _NONNEGATIVE,
+    "lr_peak": Interval(float, 0, None, closed="neither"),
+    "lr_decay": _NONNEGATIVE,
+    "factor": Interval(float, None, None),
+    "b1": _UNIT,
+    "b2": _UNIT,
+    "betas": _UNIT,  # each of the pair (beta1, beta2)
+    "beta": _UNIT,
+    "alpha": _UNIT,
+    "momentum": _UNIT,
+    "dampening": Interval(float, 0, 1),
+    "eps": _NONNEGATIVE,
+    "weight_decay": _NONNEGATIVE,
+    "initial_accumulator_value": _NONNEGATIVE,
+    "max_norm": _POSITIVE,
+    "clip": _POSITIVE,
+    "clipping": _POSITIVE,
+    "form": Options(("ema", "heavy_ball")),
+    "convention": Options(("torch", "decoupled")),
+    "decay_convention": Options(("torch", "decoupled")),
+}
+"""Hyperparameter name -> allowed values (a number's interval, or the choices of a string)."""
+
+
+def check_hyper(name: str, value: Any, *, where: str = "", key: str | None = None) -> None:
+    """Check a hyperparameter against ``CONSTRAINTS[key or name]``: a number, every element of a
+    tensor; a schedule is not evaluated here. ``TypeError`` for anything else.
+
+    The message is ``"{where}{name} must be in [lo, hi], got v"`` (a tensor shows its range).
+    """
+    interval = CONSTRAINTS[key or name]
+    if callable(value) and not isinstance(value, Tensor):
+        return
+    if isinstance(value, Tensor):
+        if value.numel() == 0:
+            return
+        low, high = value.min().item(), value.max().item()
+        if not (interval.contains(low) and interval.contains(high)):
+            shown = f"tensor with values in [{low:g}, {high:g}]"
+            raise ValueError(f"{where}{name} must be {interval.describe()}, got {shown}")
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{where}{name} must be a float, a schedule (callable step -> float) or a tensor, "
+            f"got {type(value).__name__} {value!r}"
+        )
+    check(name, value, interval, where=where)
+
+
+def check_option(name: str, value: Any, *, where: str = "") -> None:
+    """Check a structural choice (``form``, ``convention``...) against ``CONSTRAINTS[name]``."""
+    check(name, value, CONSTRAINTS[name], where=where)
