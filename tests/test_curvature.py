@@ -588,7 +588,7 @@ def test_sharpness_report_combines_measures(mlp_case):
 def test_bad_arguments_raise_with_clear_messages(mlp_case):
     model, loss_fn, x, y, *_ = mlp_case
     data = (x, y)
-    with pytest.raises(ValueError, match="method must be one of 'auto', 'fwd_rev', 'double_backward'; got 'x'"):
+    with pytest.raises(ValueError, match="method must be one of 'auto', 'fwd_rev', 'double_backward', got 'x'"):
         C.HessianOperator(model, loss_fn, data, method="x")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module; got str"):
         C.HessianOperator("net", loss_fn, data)
@@ -602,23 +602,23 @@ def test_bad_arguments_raise_with_clear_messages(mlp_case):
         C.HessianOperator(model, loss_fn, [])
     with pytest.raises(TypeError, match="one-shot iterator"):
         C.HessianOperator(model, loss_fn, iter([(x, y)]))
-    with pytest.raises(ValueError, match="which must be one of 'largest', 'smallest', 'both'; got 'top'"):
+    with pytest.raises(ValueError, match="which must be one of 'largest', 'smallest', 'both', got 'top'"):
         C.hessian_eigenvalues(model, loss_fn, data, which="top")
-    with pytest.raises(ValueError, match="method must be one of 'lanczos', 'power'; got 'arnoldi'"):
+    with pytest.raises(ValueError, match="method must be one of 'lanczos', 'power', got 'arnoldi'"):
         C.hessian_eigenvalues(model, loss_fn, data, method="arnoldi")
     with pytest.raises(ValueError, match=r"k=40 with which='both' asks for 80 eigenpairs but the Hessian is 75x75"):
         C.hessian_eigenvalues(model, loss_fn, data, k=40, which="both")
-    with pytest.raises(ValueError, match="k must be an integer >= 1; got 0"):
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, inf\), got 0"):
         C.hessian_eigenvalues(model, loss_fn, data, k=0)
-    with pytest.raises(ValueError, match="tol must be a finite number > 0; got 0"):
+    with pytest.raises(ValueError, match=r"tol must be in \(0, inf\), got 0"):
         C.hessian_eigenvalues(model, loss_fn, data, tol=0)
-    with pytest.raises(ValueError, match="method must be one of 'hutch\\+\\+', 'hutchinson'; got 'exact'"):
+    with pytest.raises(ValueError, match="method must be one of 'hutch\\+\\+', 'hutchinson', got 'exact'"):
         C.hessian_trace(model, loss_fn, data, method="exact")
-    with pytest.raises(ValueError, match="num_probes must be an integer >= 2; got 1"):
+    with pytest.raises(ValueError, match=r"num_probes must be an integer in \[2, inf\), got 1"):
         C.hessian_trace(model, loss_fn, data, method="hutchinson", num_probes=1)
-    with pytest.raises(TypeError, match="seed must be an integer; got float"):
+    with pytest.raises(TypeError, match="seed must be an integer, got float"):
         C.hessian_trace(model, loss_fn, data, seed=1.5)
-    with pytest.raises(ValueError, match="rho must be a finite number > 0; got 0"):
+    with pytest.raises(ValueError, match=r"rho must be in \(0, inf\), got 0"):
         C.sam_sharpness(model, loss_fn, data, rho=0)
     with pytest.raises(ValueError, match="loss_fn must return a scalar tensor"):
         C.HessianOperator(model, nn.CrossEntropyLoss(reduction="none"), data).loss()
