@@ -64,15 +64,15 @@ Li et al.'s unit span; neither records the batch-norm mode or the data subset wi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+
+from ravine._io import atomic_path, write_text
+from ravine._nn import evaluation_mode, flatten, unflatten
+from ravine._validation import Interval, Options, check
 
 __all__ = [
     "Directions",
@@ -96,9 +100,9 @@ __all__ = [
     "toward",
 ]
 
-_NORMS = ("filter", "layer", "none")
-_BIAS_BN = ("zero", "keep", "weights")
-_BN_MODES = ("eval", "recompute")
+_NORMS = Options(("filter", "layer", "none"))
+_BIAS_BN = Options(("zero", "keep", "weights"))
+_BN_MODES = Options(("eval", "recompute"))
 _FORMAT = "ravine.landscape/1"
 
 StateLike = Mapping[str, Tensor] | nn.Module | str | os.PathLike | Tensor | np.ndarray
@@ -161,11 +165,8 @@ def _as_vectors(source: StateLike, ref: Mapping[str, Tensor], *, what: str = "st
                 f"{what} given as a flat vector must be 1-D of length {n} (the model's parameter count), "
                 f"got shape {tuple(source.shape)}"
             )
-        offset = 0
-        for name, p in ref.items():
-            chunk = source[offset : offset + p.numel()].reshape(p.shape)
+        for (name, p), chunk in zip(ref.items(), unflatten(source, list(ref.values()))):
             out[name] = chunk.to(device=p.device, dtype=p.dtype)
-            offset += p.numel()
         return out
     if not isinstance(source, Mapping):
         raise TypeError(
@@ -186,7 +187,12 @@ def _as_vectors(source: StateLike, ref: Mapping[str, Tensor], *, what: str = "st
 
 
 def _flat(v: Mapping[str, Tensor], dtype: torch.dtype | None = None) -> Tensor:
-    return torch.cat([t.reshape(-1).to(dtype) if dtype else t.reshape(-1) for t in v.values()])
+    return flatten(list(v.values()), dtype=dtype)
+
+
+def _check_seed(seed: object) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
 
 
 def _dot(u: Mapping[str, Tensor], v: Mapping[str, Tensor]) -> float:
@@ -259,10 +265,8 @@ def normalize_direction(
     ``"weights"`` sets ``d = w`` (Li et al.'s code when ``biasbn`` is not ignored). A filter whose
     direction is exactly zero stays zero (Li et al. add ``1e-10`` to the denominator instead).
     """
-    if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
-    if bias_bn not in _BIAS_BN:
-        raise ValueError(f"bias_bn must be one of {_BIAS_BN}, got {bias_bn!r}")
+    check("norm", norm, _NORMS)
+    check("bias_bn", bias_bn, _BIAS_BN)
     out: OrderedDict[str, Tensor] = OrderedDict()
     for name, d in direction.items():
         w = weights[name]
@@ -306,14 +310,10 @@ def random_directions(
     The two directions are not orthogonalized (in high dimension they are nearly orthogonal; Li et
     al. do not orthogonalize either).
     """
-    if n not in (1, 2):
-        raise ValueError(f"n must be 1 or 2, got {n!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
-    if bias_bn not in _BIAS_BN:
-        raise ValueError(f"bias_bn must be one of {_BIAS_BN}, got {bias_bn!r}")
+    check("n", n, Interval(int, 1, 2))
+    _check_seed(seed)
+    check("norm", norm, _NORMS)
+    check("bias_bn", bias_bn, _BIAS_BN)
     params = _params(model)
     gen = torch.Generator().manual_seed(seed)
     vectors = []
@@ -491,12 +491,11 @@ class Landscape:
 
         The ``.npz`` holds ``x``, ``y``, ``loss``, ``metric``, ``filled``, ``off_plane`` and the
         metadata JSON (so the ``.npz`` alone is complete); the ``.json`` is a readable copy. Both are
-        written to a temporary file in the same folder and renamed (atomic).
+        written atomically (:func:`ravine._io.atomic_path`: a temporary file in the same folder, renamed).
         """
         path = Path(path)
         if path.suffix != ".npz":
             raise ValueError(f"path must end in .npz, got {str(path)!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = json.dumps(self._metadata(), indent=1, sort_keys=True)
         arrays = {
             "x": self.x,
@@ -510,15 +509,9 @@ class Landscape:
             arrays["metric"] = self.metric
         if self.off_plane is not None:
             arrays["off_plane"] = self.off_plane
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _atomic_write_text(path.with_suffix(".json"), meta + "\n")
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        write_text(path.with_suffix(".json"), meta + "\n", fsync=False)
         return path
 
     @classmethod
@@ -553,17 +546,6 @@ class Landscape:
         )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def accuracy(output: Tensor, target: Tensor) -> Tensor:
     """Classification accuracy ``mean(argmax(output, -1) == target)``: a ``metric`` for slices."""
     return (output.argmax(-1) == target).to(output.dtype).mean()
@@ -587,8 +569,7 @@ def _batches(
         indices: Any = "all"
         if subset is not None:
             if isinstance(subset, int) and not isinstance(subset, bool):
-                if not 1 <= subset <= n_all:
-                    raise ValueError(f"subset must be between 1 and {n_all} samples, got {subset}")
+                check("subset", subset, Interval(int, 1, n_all))
                 gen = torch.Generator().manual_seed(seed)
                 idx = torch.randperm(n_all, generator=gen)[:subset].sort().values
             else:
@@ -599,9 +580,7 @@ def _batches(
             indices = idx.tolist()
         x, y = x.to(device), y.to(device)
         n = x.shape[0]
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        bs = n if batch_size is None else batch_size
+        bs = n if batch_size is None else check("batch_size", batch_size, Interval.finite(int, 1))
         chunks = [(x[i : i + bs], y[i : i + bs]) for i in range(0, n, bs)]
         desc = {"source": "tensors", "n": n, "indices": indices, "batches": len(chunks)}
         return (lambda: chunks), desc
@@ -634,26 +613,24 @@ def _batches(
 # evaluation
 
 
-class _Modes:
-    """Context: dropout off, batch norm in the requested mode; restores every flag afterwards."""
+@contextlib.contextmanager
+def _slice_mode(model: nn.Module, batch_norm: str) -> Iterator[None]:
+    """Dropout off, batch norm in the requested mode; every flag restored afterwards.
 
-    def __init__(self, model: nn.Module, batch_norm: str):
-        self.model = model
-        self.batch_norm = batch_norm
-
-    def __enter__(self) -> None:
-        self.saved = [(m, m.training, getattr(m, "track_running_stats", None)) for m in self.model.modules()]
-        self.model.eval()
-        if self.batch_norm == "recompute":
-            for m in self.model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.training = True  # normalize with the batch's statistics ...
-                    m.track_running_stats = False  # ... and update no running buffer
-
-    def __exit__(self, *exc: object) -> None:
-        for m, training, track in self.saved:
-            m.training = training
-            if track is not None:
+    ``"eval"``: the whole model in evaluation mode. ``"recompute"``: batch-norm layers in training
+    mode (normalize with the batch's statistics) with ``track_running_stats`` off (update no buffer).
+    """
+    with evaluation_mode(model):
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if batch_norm != "recompute":
+            norms = []
+        tracks = [m.track_running_stats for m in norms]
+        for m in norms:
+            m.training, m.track_running_stats = True, False
+        try:
+            yield
+        finally:
+            for m, track in zip(norms, tracks):
                 m.track_running_stats = track
 
 
@@ -953,9 +930,7 @@ def _grid(span: Any, steps: Any, n_axes: int) -> list[np.ndarray]:
         lo, hi = float(s[0]), float(s[1])
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(f"span must satisfy lo < hi (finite), got {s!r}")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 2:
-            raise ValueError(f"steps must be an int >= 2, got {n!r}")
-        axes.append(np.linspace(lo, hi, n))
+        axes.append(np.linspace(lo, hi, check("steps", n, Interval.finite(int, 2))))
     return axes
 
 
@@ -971,8 +946,7 @@ def _resolve(model: nn.Module, spec: Any, n: int, seed: int, norm_kw: dict[str, 
             raise ValueError(f"expected Directions with {n} vector(s), got {len(spec.vectors)}")
         return spec
     if isinstance(spec, str):
-        if spec not in _NORMS:
-            raise ValueError(f"directions given as a string must name a normalization {_NORMS}, got {spec!r}")
+        check("direction" if n == 1 else "directions", spec, _NORMS)
         return random_directions(model, n=n, norm=spec, seed=seed, **norm_kw)
     params = _params(model)
     if n == 1:
@@ -1015,14 +989,11 @@ def _slice(
         raise TypeError(f"loss_fn must be callable (output, target) -> scalar, got {type(loss_fn).__name__}")
     if metric is not None and not callable(metric):
         raise TypeError(f"metric must be callable (output, target) -> scalar or None, got {type(metric).__name__}")
-    if batch_norm not in _BN_MODES:
-        raise ValueError(f"batch_norm must be one of {_BN_MODES}, got {batch_norm!r}")
+    check("batch_norm", batch_norm, _BN_MODES)
     if not isinstance(shortcut, bool):
         raise TypeError(f"shortcut must be a bool, got {shortcut!r}")
-    if not (isinstance(max_memory_mb, int | float) and max_memory_mb > 0):
-        raise ValueError(f"max_memory_mb must be a positive number, got {max_memory_mb!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    check("max_memory_mb", max_memory_mb, Interval.finite(float, 0, low_open=True))
+    _check_seed(seed)
     axes = _grid(span, steps, n_dirs)
     params = _params(model)
     dirs = _resolve(model, spec, n_dirs, seed, {"bias_bn": bias_bn})
@@ -1097,7 +1068,7 @@ def _slice(
     loss_flat = result.loss.reshape(-1)
     met_flat = result.metric.reshape(-1) if result.metric is not None else None
     t_eval = time.perf_counter()
-    with torch.no_grad(), _Modes(model, batch_norm):
+    with torch.no_grad(), _slice_mode(model, batch_norm):
         pos = 0
         while pos < len(todo):
             k, micro = ev.plan(len(todo) - pos)

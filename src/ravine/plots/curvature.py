@@ -6,11 +6,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from ravine.curvature import DensityResult, EigenResult
-from ravine.plots._style import color, save
+from ravine.plots._style import color, plt, save
 
 
 def plot_spectral_density(
