@@ -1,16 +1,20 @@
-"""Request and response models of the playground's JSON API (pydantic v2).
+"""Request and response models of the playground's JSON API (pydantic v2), and their bounds.
 
 Every request body is parsed by one of these models before anything is computed. The bounds are
 the server's protection against one user stalling it, and the page's source of truth for its
 controls:
 
-- ``steps`` <= ``MAX_STEPS`` (10000), ``optimizers`` <= ``MAX_OPTIMIZERS`` (16), a sweep at most
-  ``MAX_SWEEP_SIDE`` x ``MAX_SWEEP_SIDE`` (128 x 128) cells, expressions at most
-  ``MAX_EXPRESSION_LENGTH`` (500) characters;
+- ``steps`` <= ``MAX_STEPS``, ``optimizers`` <= ``MAX_OPTIMIZERS``, a sweep at most
+  ``MAX_SWEEP_SIDE`` x ``MAX_SWEEP_SIDE`` cells, expressions at most ``MAX_EXPRESSION_LENGTH``
+  characters;
 - total work is capped: ``optimizers x steps <= MAX_TRAJECTORY_WORK`` and
   ``sweep cells x steps <= MAX_SWEEP_WORK`` (row-steps of the batched simulator);
-- every float is finite (``NaN``/``inf`` in a request is a 422), learning rates are > 0, betas in
-  [0, 1), eps > 0, weight decay >= 0 (see ``HYPERPARAMS``).
+- every float is finite (``NaN``/``inf`` in a request is a 422);
+- an optimizer hyperparameter (``HYPERPARAMS``) or a clip threshold (``CLIP_MAX``) is allowed what
+  the library's own constraint (``ravine.optim.CONSTRAINTS``) allows, narrowed (never widened, see
+  :func:`narrow`) where the playground needs less, e.g. ``lr`` in ``(0, 1000]`` of the library's
+  ``[0, inf]``. So the API never accepts a value the library would reject, and its messages have
+  the library's shape, ``"adam: hyperparams.b1 must be in [0, 1), got 1.0"``.
 
 A request that breaks a bound gets HTTP 422 whose ``detail`` lists each error with its ``loc`` (the
 path of the field, e.g. ``["body", "optimizers", 0, "hyperparams", "lr"]``) and a message that
@@ -26,11 +30,17 @@ here evaluates user text as code.
 from __future__ import annotations
 
 import math
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+import ravine.optim as ro
+import ravine.schedules as rsch
+import ravine.surfaces as rs
+from ravine._validation import Interval, Options, check
 
 MAX_STEPS = 10_000
 MAX_OPTIMIZERS = 16
@@ -53,111 +63,145 @@ class _Strict(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Hyperparameters the page can set, with validation bounds and slider ranges.
+# Allowed values: the library's constraints, narrowed where the playground needs less.
+
+#: A JSON boolean (``true``/``false``; ``1`` is not one).
+BOOL = Options((False, True))
+
+
+def narrow(interval: Interval, cap: Interval) -> Interval:
+    """The values both ``interval`` and ``cap`` allow (their intersection).
+
+    The playground narrows a library range this way and only this way, so the API can never accept
+    a value the library rejects. Of two equal ends the open one wins.
+    """
+
+    def end(a: tuple[float, bool], b: tuple[float, bool], tighter: Callable) -> tuple[float, bool]:
+        if a[0] == b[0]:
+            return a[0], a[1] and b[1]
+        return a if tighter(a[0], b[0]) == a[0] else b
+
+    low, low_closed = end(
+        (_or(interval.low, -math.inf), interval.low_closed), (_or(cap.low, -math.inf), cap.low_closed), max
+    )
+    high, high_closed = end(
+        (_or(interval.high, math.inf), interval.high_closed), (_or(cap.high, math.inf), cap.high_closed), min
+    )
+    closed = {(True, True): "both", (True, False): "left", (False, True): "right", (False, False): "neither"}
+    return Interval(interval.kind, _bound(low), _bound(high), closed[(low_closed, high_closed)])
+
+
+def _or(bound: float | None, infinity: float) -> float:
+    return infinity if bound is None else bound
+
+
+def _bound(x: float) -> float | None:
+    return None if math.isinf(x) else x
+
+
+def check_field(name: str, value: Any, constraint: Interval | Options, *, where: str = "") -> Any:
+    """:func:`ravine._validation.check` for a request field: the value (a number as the interval's kind)
+    or a ``ValueError`` (pydantic reports those, not ``TypeError``), in the message shape
+    ``"{where}{name} must be in [lo, hi), got v"``; booleans are spelled as in JSON."""
+    if constraint is BOOL:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}{name} must be true or false, got {value!r}")
+        return value
+    try:
+        return check(name, value, constraint, where=where)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hyperparameters the page can set: the library's constraint, the page's narrowing, the slider.
 
 
 @dataclass(frozen=True)
 class HyperparamInfo:
     """How one optimizer hyperparameter is validated and shown.
 
-    ``lo``/``hi`` are the validation bounds (``lo_open``/``hi_open``: strict inequality);
-    ``ui_min``/``ui_max`` the slider's range (``log``: the slider moves in log10 space).
+    ``constraint`` is what a request may set: ``ravine.optim.CONSTRAINTS[name]``, narrowed by
+    ``cap`` (see :func:`narrow`) where the playground allows less; a ``"bool"`` is :data:`BOOL`.
+    ``ui_min``/``ui_max`` are the slider's range (``log``: the slider moves in log10 space).
     """
 
     name: str
     kind: Literal["float", "bool", "choice"]
     help: str
-    lo: float = -math.inf
-    hi: float = math.inf
-    lo_open: bool = False
-    hi_open: bool = False
+    cap: Interval | None = None
     ui_min: float | None = None
     ui_max: float | None = None
     log: bool = False
     step: float | None = None
-    choices: tuple[str, ...] = ()
+
+    @property
+    def constraint(self) -> Interval | Options:
+        if self.kind == "bool":
+            return BOOL
+        library = ro.CONSTRAINTS[self.name]
+        return library if self.cap is None else narrow(library, self.cap)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return self.constraint.values if self.kind == "choice" else ()
 
     def allowed(self) -> str:
+        """What a request may send, in words (the page shows it next to the slider)."""
         if self.kind == "bool":
             return "true or false"
         if self.kind == "choice":
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        left = "(" if self.lo_open else "["
-        right = ")" if self.hi_open else "]"
-        return f"a finite number in {left}{_fmt(self.lo)}, {_fmt(self.hi)}{right}"
+            return self.constraint.describe()
+        return f"a finite number {self.constraint.describe()}"
 
-    def check(self, value: Any) -> Any:
-        """Return ``value`` coerced to this hyperparameter's type, or raise ValueError (message: what is allowed)."""
-        if self.kind == "bool":
-            if not isinstance(value, bool):
-                raise ValueError(f"got {value!r}; allowed: {self.allowed()}")
-            return value
-        if self.kind == "choice":
-            if value not in self.choices:
-                raise ValueError(f"got {value!r}; allowed: {self.allowed()}")
-            return value
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"got {value!r}; allowed: {self.allowed()}")
-        v = float(value)
-        ok = math.isfinite(v)
-        ok = ok and (v > self.lo if self.lo_open else v >= self.lo)
-        ok = ok and (v < self.hi if self.hi_open else v <= self.hi)
-        if not ok:
-            raise ValueError(f"got {value!r}; allowed: {self.allowed()}")
-        return v
+    def check(self, value: Any, *, name: str | None = None, where: str = "") -> Any:
+        """``value`` as this hyperparameter's type, or ``ValueError`` saying what is allowed."""
+        return check_field(name or self.name, value, self.constraint, where=where)
 
 
-def _fmt(v: float) -> str:
-    return "inf" if v == math.inf else "-inf" if v == -math.inf else f"{v:g}"
+def _decay_rate(name: str, help: str, ui_min: float = 0.0, ui_max: float = 0.999, step: float = 0.001):
+    return HyperparamInfo(name, "float", help, ui_min=ui_min, ui_max=ui_max, step=step)
 
 
-_BETA = dict(kind="float", lo=0.0, hi=1.0, hi_open=True, ui_min=0.0, ui_max=0.999, step=0.001)
+#: The playground's narrowings of the library's ranges (the slider ranges lie well inside them).
+#: ``lr > 0``: a run with ``lr = 0`` never moves, and the lr slider and sweep axes are logarithmic.
+#: The upper caps bound what a hand-written request can ask of a 2D demo; they only ever narrow.
+_CAPS = {
+    "lr": Interval(float, 0.0, 1000.0, closed="right"),
+    "eps": Interval(float, None, 10.0),
+    "weight_decay": Interval(float, None, 100.0),
+    "initial_accumulator_value": Interval(float, None, 100.0),
+    "lr_decay": Interval(float, None, 100.0),
+}
 
 #: Every optimizer hyperparameter the playground exposes. A named optimizer's hyperparameter that
 #: is not in this table (e.g. a ``mask``) keeps its library default and cannot be set from the page.
 HYPERPARAMS: dict[str, HyperparamInfo] = {
     h.name: h
     for h in [
+        HyperparamInfo("lr", "float", "learning rate eta", _CAPS["lr"], ui_min=1e-5, ui_max=10.0, log=True),
+        _decay_rate("momentum", "momentum coefficient (torch SGD form: v = mu v + g)"),
+        _decay_rate("beta", "EMA coefficient beta of the running average"),
+        _decay_rate("b1", "beta1: EMA coefficient of the first moment"),
+        _decay_rate("b2", "beta2: EMA coefficient of the second moment", ui_min=0.8, ui_max=0.9999, step=0.0001),
         HyperparamInfo(
-            "lr", "float", "learning rate eta", lo=0.0, hi=1000.0, lo_open=True, ui_min=1e-5, ui_max=10.0, log=True
-        ),
-        HyperparamInfo("momentum", help="momentum coefficient (torch SGD form: v = mu v + g)", **_BETA),
-        HyperparamInfo("beta", help="EMA coefficient beta of the running average", **_BETA),
-        HyperparamInfo("b1", help="beta1: EMA coefficient of the first moment", **_BETA),
-        HyperparamInfo(
-            "b2",
-            "float",
-            "beta2: EMA coefficient of the second moment",
-            lo=0.0,
-            hi=1.0,
-            hi_open=True,
-            ui_min=0.8,
-            ui_max=0.9999,
-            step=0.0001,
+            "eps", "float", "epsilon added to the denominator", _CAPS["eps"], ui_min=1e-12, ui_max=1.0, log=True
         ),
         HyperparamInfo(
-            "eps",
+            "weight_decay",
             "float",
-            "epsilon added to the denominator",
-            lo=0.0,
-            hi=10.0,
-            lo_open=True,
-            ui_min=1e-12,
+            "weight decay coefficient",
+            _CAPS["weight_decay"],
+            ui_min=0.0,
             ui_max=1.0,
-            log=True,
+            step=0.001,
         ),
-        HyperparamInfo(
-            "weight_decay", "float", "weight decay coefficient", lo=0.0, hi=100.0, ui_min=0.0, ui_max=1.0, step=0.001
-        ),
-        HyperparamInfo(
-            "dampening", "float", "dampening of the momentum buffer", lo=0.0, hi=1.0, ui_min=0.0, ui_max=1.0, step=0.01
-        ),
+        HyperparamInfo("dampening", "float", "dampening of the momentum buffer", ui_min=0.0, ui_max=1.0, step=0.01),
         HyperparamInfo(
             "initial_accumulator_value",
             "float",
             "initial value of the squared-gradient sum",
-            lo=0.0,
-            hi=100.0,
+            _CAPS["initial_accumulator_value"],
             ui_min=0.0,
             ui_max=1.0,
             step=0.01,
@@ -166,8 +210,7 @@ HYPERPARAMS: dict[str, HyperparamInfo] = {
             "lr_decay",
             "float",
             "Adagrad's lr decay: lr / (1 + (t - 1) lr_decay)",
-            lo=0.0,
-            hi=100.0,
+            _CAPS["lr_decay"],
             ui_min=0.0,
             ui_max=0.1,
             step=0.001,
@@ -176,42 +219,23 @@ HYPERPARAMS: dict[str, HyperparamInfo] = {
         HyperparamInfo("bias_correction", "bool", "divide the moments by 1 - beta^t"),
         HyperparamInfo("amsgrad", "bool", "use the running maximum of the second moment"),
         HyperparamInfo("centered", "bool", "subtract the squared mean gradient (centred RMSProp)"),
-        HyperparamInfo(
-            "form", "choice", "momentum form: EMA (1-beta) g or heavy ball g", choices=("ema", "heavy_ball")
-        ),
-        HyperparamInfo(
-            "decay_convention",
-            "choice",
-            "weight decay scaled by lr (torch) or not (decoupled)",
-            choices=("torch", "decoupled"),
-        ),
+        HyperparamInfo("form", "choice", "momentum form: EMA (1-beta) g or heavy ball g"),
+        HyperparamInfo("decay_convention", "choice", "weight decay scaled by lr (torch) or not (decoupled)"),
     ]
 }
 
 
 def optimizer_names() -> list[str]:
-    import ravine.optim as ro
-
     return list(ro.names())
 
 
 def settable_hyperparams(name: str) -> list[str]:
     """The hyperparameters of named optimizer ``name`` that the playground can set, in library order."""
-    import ravine.optim as ro
-
     return [h for h in ro.hyperparam_names(name) if h in HYPERPARAMS]
 
 
 # ---------------------------------------------------------------------------------------------------
 # Requests.
-
-_POSITION = re.compile(r"position\s+(\d+)")
-
-
-def expression_error_position(message: str) -> int | None:
-    """The 0-based character position a parser error message points at (``"... at position N ..."``)."""
-    m = _POSITION.search(message)
-    return int(m.group(1)) if m else None
 
 
 class SurfaceSpec(_Strict):
@@ -238,8 +262,6 @@ class SurfaceSpec(_Strict):
 
     @model_validator(mode="after")
     def _build(self) -> SurfaceSpec:
-        import ravine.surfaces as rs
-
         if self.domain is not None:
             (x0, x1), (y0, y1) = self.domain
             if not (x0 < x1 and y0 < y1) or max(abs(x0), abs(x1), abs(y0), abs(y1)) > 1e4:
@@ -296,10 +318,7 @@ class OptimizerSpec(_Strict):
                 raise ValueError(
                     f"hyperparams.{key} is not a hyperparameter of {self.name!r}; allowed: {', '.join(allowed)}"
                 )
-            try:
-                self.hyperparams[key] = HYPERPARAMS[key].check(value)
-            except ValueError as exc:
-                raise ValueError(f"hyperparams.{key} of {self.name!r}: {exc}") from None
+            self.hyperparams[key] = HYPERPARAMS[key].check(value, name=f"hyperparams.{key}", where=f"{self.name}: ")
         return self
 
     def to_sim(self) -> dict[str, Any]:
@@ -325,8 +344,6 @@ SCHEDULE_AUTO: dict[str, tuple[str, Any]] = {
 
 def schedule_auto(name: str, params: dict[str, Any], steps: int) -> dict[str, Any]:
     """``params`` completed with the automatic values of :data:`SCHEDULE_AUTO` for schedule ``name``."""
-    import ravine.schedules as rsch
-
     out = dict(params)
     for p in rsch.parameters(name):
         if p.name in out or not p.required or p.name not in SCHEDULE_AUTO:
@@ -339,6 +356,21 @@ def schedule_auto(name: str, params: dict[str, Any], steps: int) -> dict[str, An
         st = int(out.get("stable_steps", 0))
         out["decay_steps"] = max(0, steps - w - st)
     return out
+
+
+def _schedule_constraint(p: rsch.Parameter) -> Interval | Options | None:
+    """What a request may send for schedule parameter ``p`` (``None``: any text).
+
+    Only the type and sign: the schedule checks its own ranges when it is built, and a request it
+    rejects is a 422 with its message.
+    """
+    if p.kind == "int":
+        return Interval(int, 0, None, closed="left")
+    if p.kind == "float":
+        return Interval(float, None, None, closed="neither")
+    if p.kind == "bool":
+        return BOOL
+    return Options(p.choices) if p.choices else None
 
 
 class ScheduleSpec(_Strict):
@@ -354,8 +386,6 @@ class ScheduleSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ScheduleSpec:
-        import ravine.schedules as rsch
-
         names = rsch.names()
         if self.name not in names:
             raise ValueError(f"schedule.name {self.name!r} is unknown; allowed: {', '.join(names)}")
@@ -365,21 +395,9 @@ class ScheduleSpec(_Strict):
             if p is None or p.kind == "ints":
                 allowed = ", ".join(q.name for q in spec.values() if q.kind != "ints")
                 raise ValueError(f"schedule.params.{key} is not a parameter of {self.name!r}; allowed: {allowed}")
-            if p.kind == "int":
-                if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 0:
-                    raise ValueError(f"schedule.params.{key} must be a non-negative integer, got {value!r}")
-                self.params[key] = int(value)
-            elif p.kind == "float":
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise ValueError(f"schedule.params.{key} must be a finite number, got {value!r}")
-                self.params[key] = float(value)
-            elif p.kind == "bool":
-                if not isinstance(value, bool):
-                    raise ValueError(f"schedule.params.{key} must be true or false, got {value!r}")
-            elif p.choices and value not in p.choices:
-                raise ValueError(
-                    f"schedule.params.{key} must be one of {', '.join(map(repr, p.choices))}, got {value!r}"
-                )
+            constraint = _schedule_constraint(p)
+            if constraint is not None:
+                self.params[key] = check_field(f"schedule.params.{key}", value, constraint)
         return self
 
     def to_sim(self, steps: int) -> dict[str, Any]:
@@ -387,11 +405,16 @@ class ScheduleSpec(_Strict):
         return {"name": self.name, **schedule_auto(self.name, self.params, steps)}
 
 
+#: A clip threshold: what ``ravine.optim.clip_by_global_norm`` (``max_norm``) and ``clip_by_value``
+#: (``clip``) both accept, capped at 1e6 like every other magnitude the page can send.
+CLIP_MAX = narrow(narrow(ro.CONSTRAINTS["max_norm"], ro.CONSTRAINTS["clip"]), Interval(float, None, 1e6))
+
+
 class ClipSpec(_Strict):
     """Gradient clipping before the optimizer: by global norm (per run) or elementwise by value."""
 
     kind: Literal["norm", "value"] = Field(..., description="'norm': g * min(1, max/|g|); 'value': clamp(g, -max, max)")
-    max: Finite = Field(..., gt=0.0, le=1e6, description="threshold (> 0)")
+    max: Finite = Field(..., **CLIP_MAX.field_bounds(), description=f"threshold in {CLIP_MAX}")
 
     def to_sim(self) -> dict[str, Any]:
         return {"kind": self.kind, "max": self.max}
@@ -454,15 +477,10 @@ class AxisSpec(_Strict):
         if self.log and self.min <= 0:
             raise ValueError(f"min {self.min!r} must be > 0 on a log axis")
         for end in ("min", "max"):
-            try:
-                info.check(getattr(self, end))
-            except ValueError as exc:
-                raise ValueError(f"{end} of {self.name}: {exc}") from None
+            info.check(getattr(self, end), name=end, where=f"{self.name} axis: ")
         return self
 
     def values(self) -> list[float]:
-        import numpy as np
-
         if self.log:
             v = np.logspace(math.log10(self.min), math.log10(self.max), self.n)
         else:
