@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ravine import landscape as L
+from ravine.landscape._directions import _flat
 
 
 @pytest.fixture(autouse=True)
@@ -369,7 +370,7 @@ def test_plane_through_three_checkpoints():
     ms = [mlp(seed=s) for s in (0, 1, 2)]
     x, y = data()
     d = L.through(ms[0], *[m.state_dict() for m in ms])
-    d1, d2 = (L._flat(v) for v in d.vectors)
+    d1, d2 = (_flat(v) for v in d.vectors)
     torch.testing.assert_close(
         torch.stack([d1 @ d1, d2 @ d2, d1 @ d2]), torch.tensor([1.0, 1.0, 0.0]), atol=1e-12, rtol=0
     )
@@ -401,15 +402,15 @@ def test_pca_trajectory_against_numpy_svd(center):
     mc = m - m.mean(0) if center else m
     _, s, vt = np.linalg.svd(mc, full_matrices=False)
     for k in range(2):
-        ours = L._flat(d.vectors[k]).numpy()
+        ours = _flat(d.vectors[k]).numpy()
         sign = np.sign(ours @ vt[k])
         np.testing.assert_allclose(ours, sign * vt[k], atol=1e-10)
-    v = np.stack([L._flat(v).numpy() for v in d.vectors], axis=1)
+    v = np.stack([_flat(v).numpy() for v in d.vectors], axis=1)
     coords = m @ v
     np.testing.assert_allclose(np.array(d.points["trajectory"]), coords, atol=1e-10)
     np.testing.assert_allclose(d.off_plane, np.linalg.norm(m - coords @ v.T, axis=1), atol=1e-10)
     np.testing.assert_allclose(d.explained_variance, s[:2] ** 2 / np.sum(s**2), rtol=1e-10)
-    np.testing.assert_allclose(L._flat(d.origin).numpy(), traj[-1], atol=0)
+    np.testing.assert_allclose(_flat(d.origin).numpy(), traj[-1], atol=0)
     if center:
         from sklearn.decomposition import PCA
 
