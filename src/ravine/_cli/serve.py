@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import threading
 import webbrowser
+from collections.abc import Callable
+
+from ravine._validation import Interval, check
+
+_PORT = Interval(int, 1, 65535)
+_CONCURRENCY = Interval(int, 1, None, closed="left")
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``serve`` subcommand to the ``ravine`` parser's subparsers ``sub``."""
     p = sub.add_parser(
         "serve",
         help="run the interactive playground (optimizers walking 2D surfaces) in your browser",
@@ -14,42 +22,35 @@ def register(sub) -> None:
         "from the installed package; no network is needed. API docs at /docs.",
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, loopback only)")
-    p.add_argument("--port", type=_port, default=8000, help="TCP port, 1..65535 (default 8000)")
+    p.add_argument("--port", type=_integer("--port", _PORT), default=8000, help="TCP port, 1..65535 (default 8000)")
     p.add_argument("--open", action="store_true", help="open the page in the default web browser")
     p.add_argument(
         "--concurrency",
-        type=_positive,
+        type=_integer("--concurrency", _CONCURRENCY),
         default=None,
         help="requests that may compute at once (default 1: the work holds the GIL, so more only contend)",
     )
     p.set_defaults(func=run)
 
 
-def _port(text: str) -> int:
-    import argparse
+def _integer(flag: str, interval: Interval) -> Callable[[str], int]:
+    """An argparse ``type`` that reads an integer ``flag`` in ``interval`` (ravine._validation's message)."""
 
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--port must be an integer in 1..65535, got {text!r}") from None
-    if not 1 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"--port must be an integer in 1..65535, got {v}")
-    return v
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be {interval.describe()}, got {text!r}") from None
+        try:
+            return check(flag, value, interval)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-
-def _positive(text: str) -> int:
-    import argparse
-
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"--concurrency must be a positive integer, got {text!r}")
-    return v
+    return parse
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Serve the playground until interrupted (exit status 0)."""
     import uvicorn
 
     from ravine.web import create_app

@@ -247,6 +247,7 @@ class LRUCache(Generic[V]):
         self._lock = threading.Lock()
 
     def get(self, key: str) -> V | None:
+        """The value stored under ``key`` (now the most recently used), or ``None``."""
         with self._lock:
             value = self._entries.get(key)
             if value is not None:
@@ -254,6 +255,7 @@ class LRUCache(Generic[V]):
             return value
 
     def put(self, key: str, value: V) -> None:
+        """Store ``value`` under ``key``, evicting the least recently used entry beyond ``size``."""
         if self.size <= 0:
             return
         with self._lock:

@@ -226,6 +226,7 @@ HYPERPARAMS: dict[str, HyperparamInfo] = {
 
 
 def optimizer_names() -> list[str]:
+    """The named optimizers of ``ravine.optim`` (``ravine.optim.names()``)."""
     return list(ro.names())
 
 
@@ -532,6 +533,8 @@ class ExpressionCheck(_Strict):
 
 
 class GridRequest(_Strict):
+    """A surface to draw as an ``n`` x ``n`` contour grid."""
+
     surface: SurfaceSpec = Field(default_factory=lambda: SurfaceSpec())
     n: int = Field(120, ge=10, le=MAX_GRID)
 
@@ -543,6 +546,8 @@ MaybeFloat = float | None
 
 
 class MinimumOut(BaseModel):
+    """A known minimum of a surface: where, its value, and whether it is the global one."""
+
     x: float
     y: float
     value: float
@@ -550,6 +555,8 @@ class MinimumOut(BaseModel):
 
 
 class GridOut(BaseModel):
+    """A contour grid of a surface."""
+
     x: list[float]
     y: list[float]
     z: list[list[MaybeFloat]] = Field(..., description="z[i][j] = f(x[j], y[i]); null where not finite")
@@ -558,6 +565,8 @@ class GridOut(BaseModel):
 
 
 class SurfaceOut(BaseModel):
+    """A surface as the page draws it: box, start, known critical points, parameters, suggested lrs."""
+
     name: str
     description: str
     expression: str | None
@@ -576,6 +585,8 @@ class SurfaceOut(BaseModel):
 
 
 class ExpressionCheckOut(BaseModel):
+    """Whether an expression parses; if not, the problem and where; if so, the surface."""
+
     ok: bool
     error: str | None = None
     position: int | None = Field(None, description="0-based character position of the error")
@@ -583,6 +594,8 @@ class ExpressionCheckOut(BaseModel):
 
 
 class RunOut(BaseModel):
+    """One optimizer's run: positions, losses, gradient norms and lrs per step, clipping, divergence."""
+
     label: str
     name: str
     hyperparams: dict[str, float | bool | str]
@@ -599,6 +612,8 @@ class RunOut(BaseModel):
 
 
 class TrajectoryOut(BaseModel):
+    """The runs of a trajectory request, all from one start on one surface."""
+
     surface: str
     start: tuple[float, float]
     steps: int
@@ -609,6 +624,8 @@ class TrajectoryOut(BaseModel):
 
 
 class SweepOut(BaseModel):
+    """A hyperparameter sweep: per (y, x) cell the final loss, steps to tolerance and divergence."""
+
     optimizer: str
     x_name: str
     x_values: list[float]
@@ -623,6 +640,8 @@ class SweepOut(BaseModel):
 
 
 class CurvatureOut(BaseModel):
+    """The Hessian at a point, its eigen-decomposition, kind of point and gradient descent's lr limit."""
+
     point: tuple[float, float]
     value: MaybeFloat
     grad: tuple[MaybeFloat, MaybeFloat]
@@ -636,6 +655,8 @@ class CurvatureOut(BaseModel):
 
 
 class HyperparamOut(BaseModel):
+    """One settable hyperparameter: library default, slider range (``min``/``max``) and what is allowed."""
+
     name: str
     kind: str
     help: str
@@ -649,12 +670,16 @@ class HyperparamOut(BaseModel):
 
 
 class OptimizerOut(BaseModel):
+    """A named optimizer and the hyperparameters the page can set."""
+
     name: str
     description: str
     hyperparams: list[HyperparamOut]
 
 
 class ScheduleParamOut(BaseModel):
+    """One parameter of a schedule."""
+
     name: str
     kind: str
     required: bool
@@ -664,10 +689,14 @@ class ScheduleParamOut(BaseModel):
 
 
 class ScheduleOut(BaseModel):
+    """A learning-rate schedule and its parameters."""
+
     name: str
     description: str
     params: list[ScheduleParamOut]
 
 
 class PythonOut(BaseModel):
+    """Python source that reproduces a trajectory request."""
+
     code: str
