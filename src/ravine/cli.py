@@ -28,6 +28,7 @@ _COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ravine`` argument parser, with every subcommand of ``ravine._cli`` registered."""
     parser = argparse.ArgumentParser(
         prog="ravine",
         description="Ravine: a lab for how neural networks are optimized.",
@@ -35,17 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ravine {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
-        try:
-            module = importlib.import_module(f"ravine._cli.{name}")
-        except ModuleNotFoundError as exc:  # a layer that is not built (or not installed) yet
-            if exc.name and exc.name.startswith("ravine._cli"):
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"ravine._cli.{name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``ravine`` with ``argv`` (default: ``sys.argv[1:]``) and return its exit status.
+
+    0 on success (and for ``ravine`` alone, which prints the help), 2 for a bad argument (a
+    ``ValueError``, ``TypeError`` or ``FileNotFoundError`` from the handler, printed as
+    ``ravine COMMAND: error: ...``), 130 when interrupted.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

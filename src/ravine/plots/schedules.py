@@ -11,7 +11,7 @@ import numpy as np
 
 from ravine.plots._style import color, save
 
-# One light colour per phase name, the same in every figure.
+#: One light colour per phase name, the same in every figure (other names are light grey).
 PHASE_COLORS = {
     "warmup": "#fdd49e",
     "stable": "#c7e9c0",
