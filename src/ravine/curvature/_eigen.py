@@ -323,10 +323,10 @@ def hessian_eigenvalues(
     bulk near zero) to absolute accuracy ``tol^2 ||H||``. Since ``|lambda - theta| <= r_i``, and
     ``<= r_i^2 / gap`` for an isolated eigenvalue, values are usually far more accurate than ``tol``.
     The bottom of a network's spectrum is a dense cluster near zero, so ``"smallest"`` needs many
-    more HVPs than ``"largest"`` (``benchmarks/curvature.py`` counts them), and in float32 a
-    ``tol`` below ~1e-4 may be out of reach (use ``dtype=torch.float64``). When the basis reaches
-    ``max_basis`` vectors (default
-    ``max(40, 2n + 20)`` for ``n`` wanted pairs; memory ``max_basis * P`` numbers) it thick-restarts
+    more HVPs than ``"largest"`` (``EigenResult.num_hvps`` counts them), and in float32 a ``tol``
+    below ~1e-4 may be out of reach (use ``dtype=torch.float64``). When the basis reaches
+    ``max_basis`` vectors (default ``max(40, 2n + 20)`` for ``n`` wanted pairs; memory
+    ``max_basis * P`` numbers) it thick-restarts
     from the wanted Ritz vectors plus neighbours. ``method="power"``: power iteration with deflation
     and a shift for the algebraic extremes (converges at rate ``|lambda_2 / lambda_1|``; PyHessian's
     algorithm, but stopped by the same residual test instead of a relative change of ``theta``).
