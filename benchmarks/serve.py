@@ -166,7 +166,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=60, help="sequential slider-drag requests (a)")
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--per-client", type=int, default=20)
-    ap.add_argument("--concurrency", type=int, default=None, help="server's --concurrency (default: cores)")
+    ap.add_argument("--concurrency", type=int, default=None, help="server's --concurrency (default: the server's, 1)")
     ap.add_argument("--quick", action="store_true", help="(a) 20 requests, (b) 50 clients x 2 requests")
     a = ap.parse_args()
     if a.quick:

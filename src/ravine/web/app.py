@@ -515,6 +515,7 @@ def _sanitize(value: Any) -> Any:
 
 
 def _validation_response(errors: list[dict[str, Any]]) -> JSONResponse:
+    """A 422 listing each error with its ``loc``, dotted ``field`` and message, and all in one ``message``."""
     detail = []
     for e in errors:
         loc = [p for p in e.get("loc", ()) if not (isinstance(p, str) and p.startswith("function-"))]
