@@ -60,6 +60,10 @@ Where this differs from the peers: tomgoldstein/loss-landscape and the ``loss-la
 evaluate one point per pass and move the weights in place (the latter by repeated additions, which
 drift); ``loss-landscapes`` scales the directions to a fraction of the model norm rather than using
 Li et al.'s unit span; neither records the batch-norm mode or the data subset with the result.
+
+The package, one concern a file: ``_directions`` (the directions and the states they come from),
+``_evaluate`` (data batches, modes, and the batched evaluator with the input-layer identity),
+``_result`` (:class:`Landscape` and its files), ``_slice`` (:func:`line`, :func:`plane`, resuming).
 """
 
 from ravine.landscape._directions import (

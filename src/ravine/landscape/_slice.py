@@ -56,11 +56,11 @@ def _grid(span: Any, steps: Any, n_axes: int) -> list[np.ndarray]:
         )
         else [span] * n_axes
     )
-    stepss = steps if (n_axes == 2 and isinstance(steps, Sequence)) else [steps] * n_axes
-    if len(spans) != n_axes or len(stepss) != n_axes:
+    steps_per_axis = steps if (n_axes == 2 and isinstance(steps, Sequence)) else [steps] * n_axes
+    if len(spans) != n_axes or len(steps_per_axis) != n_axes:
         raise ValueError(f"span/steps must give {n_axes} axes, got span={span!r}, steps={steps!r}")
     axes = []
-    for s, n in zip(spans, stepss):
+    for s, n in zip(spans, steps_per_axis):
         if not (isinstance(s, Sequence) and len(s) == 2 and all(isinstance(v, int | float) for v in s)):
             raise ValueError(f"span must be a pair of numbers (lo, hi), got {s!r}")
         lo, hi = float(s[0]), float(s[1])
