@@ -17,7 +17,7 @@ def register(sub) -> None:
     size.add_argument(
         "--quick",
         action="store_true",
-        help="small runs (default): about 2 minutes of CPU, 4-5 minutes on a busy two-core machine",
+        help="small runs (default): minutes on a CPU",
     )
     size.add_argument("--full", action="store_true", help="the full experiments (as long as the claims need)")
     p.add_argument("--out", default="report", help="output folder (default: report)")
@@ -36,7 +36,15 @@ def run(args: argparse.Namespace) -> int:
 
     size = "full" if args.full else "quick"
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
-    outcome = run_report(size=size, out=args.out, experiments=only, progress=not args.no_progress, reuse=not args.rerun)
+    outcome = run_report(
+        size=size,
+        out=args.out,
+        experiments=only,
+        progress=not args.no_progress,
+        reuse=not args.rerun,
+        threads=args.threads,
+        gallery=not args.no_gallery,
+    )
     for r in outcome.results:
         print(f"  {r.name:14s} {r.verdict.status:14s} {r.runtime_s:7.1f} s")
     for name in outcome.errors:

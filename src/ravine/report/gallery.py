@@ -2,8 +2,8 @@
 
 Everything is computed by :mod:`ravine.simulate` (batched trajectories and sweeps of the same
 ``ravine.optim`` transforms the networks use) and drawn by :mod:`ravine.plots.surfaces`. A figure that
-already exists is reused (the gallery is deterministic), so an interrupted report continues. When the
-2D world is not installed the gallery says so and the report goes on without it.
+already exists is reused (the gallery is deterministic), so an interrupted report continues; a figure
+that fails to draw is named in the gallery's note and the report goes on without it.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from ravine import simulate
 from ravine.experiments.claims._core import Progress
+from ravine.plots import surfaces as plot_surfaces
 from ravine.report.html import GalleryItem
 
-# (file stem, title, caption, kind, arguments)
+#: The gallery's figures: (file stem, title, caption, kind ``"run"`` or ``"sweep"``, arguments).
 ITEMS: list[tuple[str, str, str, str, dict[str, Any]]] = [
     (
         "valley",
@@ -59,36 +61,30 @@ ITEMS: list[tuple[str, str, str, str, dict[str, Any]]] = [
 
 
 def _draw(kind: str, args: dict[str, Any], path: Path, size: str) -> None:
-    from ravine import simulate as sim
-    from ravine.plots import surfaces as ps
-
-    n = {"tiny": 6, "quick": 24, "full": 48}[size]
+    side = {"tiny": 6, "quick": 24, "full": 48}[size]  # sweep grid: side x side cells
     steps = args["steps"] if size != "tiny" else 10
     if kind == "run":
-        tr = sim.run(args["surface"], args["optimizers"], steps=steps)
-        ps.save_trajectories_figure(tr, path)
+        runs = simulate.run(args["surface"], args["optimizers"], steps=steps)
+        plot_surfaces.save_trajectories_figure(runs, path)
     else:
         y_name = args.get("y", "beta")
-        y_values = np.linspace(0.0, 0.99, n) if y_name in ("beta", "b1") else np.geomspace(1e-3, 1.0, n)
-        sw = sim.sweep(
+        y_values = np.linspace(0.0, 0.99, side) if y_name in ("beta", "b1") else np.geomspace(1e-3, 1.0, side)
+        grid = simulate.sweep(
             args["surface"],
             optimizer=args["optimizer"],
-            x=("lr", np.geomspace(1e-4, 1.0, n)),
+            x=("lr", np.geomspace(1e-4, 1.0, side)),
             y=(y_name, y_values),
             steps=steps,
         )
-        ps.save_sweep_figure(sw, path)
+        plot_surfaces.save_sweep_figure(grid, path)
 
 
 def build_gallery(folder: Path, size: str, progress: Progress, draw: bool = True) -> tuple[list[GalleryItem], str]:
     """Draw (or reuse) the gallery's figures in ``folder``; returns the items and a note for the page.
 
-    ``draw=False`` only collects the figures already drawn."""
-    try:
-        import ravine.plots.surfaces  # noqa: F401
-        import ravine.simulate  # noqa: F401
-    except ImportError as e:
-        return [], f"The 2D world (ravine.simulate, ravine.plots.surfaces) is not available here: {e}."
+    ``size`` is the report's (``"tiny"``, ``"quick"`` or ``"full"``: the sweeps' grid side and, for
+    ``"tiny"``, 10 steps a run). ``draw=False`` only collects the figures already drawn.
+    """
     folder = Path(folder)
     items: list[GalleryItem] = []
     failed: list[str] = []

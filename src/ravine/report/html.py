@@ -18,8 +18,10 @@ from typing import Any
 from ravine import _io
 from ravine.experiments.claims._core import Result
 
+#: A verdict's status -> the CSS class of its badge.
 BADGE_CLASS = {"supported": "ok", "not supported": "bad", "inconclusive": "meh", "error": "err"}
 
+#: The page's whole stylesheet, inlined in a ``<style>`` element.
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1180px;margin:2em auto;
 padding:0 1.2em;color:#1d232a;line-height:1.45}
@@ -54,6 +56,7 @@ class GalleryItem:
 
 
 def esc(x: Any) -> str:
+    """``str(x)`` with ``&``, ``<``, ``>`` and both quotes HTML-escaped."""
     return html.escape(str(x), quote=True)
 
 
@@ -75,6 +78,7 @@ def fmt(x: Any) -> str:
 
 
 def badge(status: str) -> str:
+    """A verdict's status as a coloured ``<span>`` badge."""
     return f'<span class="badge {BADGE_CLASS.get(status, "meh")}">{esc(status)}</span>'
 
 
