@@ -79,7 +79,7 @@ def test_sweep_value_lists_and_fixed(tmp_path, capsys):
         (["sweep", "--x", "lr=1e-3:1:0:log"], "N must be an integer in [1, 1024]"),
         (["sweep", "--x", "lr=1e-3:1:5000"], "N must be an integer in [1, 1024]"),
         (["sweep", "--x", "lr=1e-3:1:2.5"], "N must be an integer"),
-        (["sweep", "--x", "lr=1e-3:1:8:cubic"], "scale must be 'log' or 'lin'"),
+        (["sweep", "--x", "lr=1e-3:1:8:cubic"], "--x: scale must be one of 'log', 'lin', got 'cubic'"),
         (["sweep", "--x", "lr=abc"], "expected NAME=START:STOP:N[:log|lin]"),
         (["sweep", "--x", "lr"], "expected NAME=START:STOP:N[:log|lin]"),
         (["sweep", "--x", "lr=nan:1:4"], "START and STOP must be finite"),
@@ -104,10 +104,10 @@ def test_plot_functions_validate_their_arguments(tmp_path):
     from ravine.plots import surfaces as ps
 
     sw = sim.sweep("bowl", "sgd", x=("lr", [0.5, 1.5]), y=("momentum", [0.0, 0.5]), steps=50)
-    with pytest.raises(ValueError, match="metric must be 'final_loss' or 'steps_to_tol', got 'speed'"):
+    with pytest.raises(ValueError, match="metric must be one of 'final_loss', 'steps_to_tol', got 'speed'"):
         ps.plot_sweep(sw, metric="speed")
     tr = sim.run("bowl", ["gd"], steps=5)
-    with pytest.raises(ValueError, match=r"frames must be an int in \[2, 1000\], got 1"):
+    with pytest.raises(ValueError, match=r"frames must be an integer in \[2, 1000\], got 1"):
         ps.save_gif(tr, tmp_path / "x.gif", frames=1)
     assert not (tmp_path / "x.gif").exists()
     # a diverged run and an unbounded surface still draw (X marks, symmetric-log losses)

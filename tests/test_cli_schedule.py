@@ -111,7 +111,7 @@ def test_list(capsys):
             ["schedule", "warmup_cosine", "--peak", "1", "--warmup-steps", "10", "--total-steps", "5"],
             "warmup_steps must be in [0, total_steps=5]",
         ),
-        ([*WC, "--steps", "0"], "--steps must be >= 1, got 0"),
+        ([*WC, "--steps", "0"], "--steps must be an integer in [1, inf), got 0"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(argv, message, capsys):
@@ -146,7 +146,7 @@ def test_plot_schedules_compares_several_and_checks_its_input(tmp_path):
     path = plot_schedules(d, 1100, tmp_path / "cmp.svg", log_y=True)
     text = path.read_text()
     assert text.startswith("<?xml") and all(name in text for name in ("stable", "anneal", "wsd"))
-    with pytest.raises(ValueError, match=r"steps must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"plot_schedules: steps must be an integer in \[1, inf\), got 0"):
         plot_schedules(d, 0, tmp_path / "x.png")
     with pytest.raises(TypeError, match=r"schedules\['a'\] must be a callable"):
         plot_schedules({"a": 0.1}, 10, tmp_path / "x.png")

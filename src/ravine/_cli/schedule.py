@@ -11,6 +11,7 @@ import math
 import sys
 
 from ravine import schedules as S
+from ravine._validation import Interval, check
 
 _EPILOG = """\
 examples:
@@ -181,10 +182,8 @@ def run(args) -> int:
 
     total = schedule.total_steps
     steps = args.steps if args.steps is not None else (total if total is not None else 1000)
-    if steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {steps}")
-    if args.rows < 2:
-        raise ValueError(f"--rows must be >= 2, got {args.rows}")
+    check("--steps", steps, Interval.finite(int, 1))
+    check("--rows", args.rows, Interval.finite(int, 2))
 
     if args.csv:
         print("step,lr")

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from ravine._cli.trajectories import (
+    STEPS,
     add_surface_arguments,
     format_table,
     parse_clip,
@@ -18,6 +19,7 @@ from ravine._cli.trajectories import (
     surface_from_args,
     write_json,
 )
+from ravine._validation import Interval, Options, check
 
 MAX_POINTS = 1024
 
@@ -58,17 +60,15 @@ def parse_range(text: str, flag: str) -> tuple[str, np.ndarray]:
         if not np.isfinite(values).all() or not 1 <= values.size <= MAX_POINTS:
             raise ValueError(f"{flag}: 1 to {MAX_POINTS} finite values allowed, got {text!r}")
         return name, values
-    if scale not in ("log", "lin"):
-        raise ValueError(f"{flag}: scale must be 'log' or 'lin', got {scale!r} in {text!r}; expected {RANGE_HELP}")
+    check("scale", scale, Options(("log", "lin")), where=f"{flag}: ")
     if not (math.isfinite(start) and math.isfinite(stop)):
         raise ValueError(f"{flag}: START and STOP must be finite, got {text!r}")
-    if not n.is_integer() or not 1 <= n <= MAX_POINTS:
-        raise ValueError(f"{flag}: N must be an integer in [1, {MAX_POINTS}], got {parts[2]!r} in {text!r}")
+    n = check("N", int(n) if n.is_integer() else n, Interval(int, 1, MAX_POINTS), where=f"{flag}: ")
     if scale == "log":
         if start <= 0 or stop <= 0:
             raise ValueError(f"{flag}: a log range needs START > 0 and STOP > 0, got {text!r}")
-        return name, np.geomspace(start, stop, int(n))
-    return name, np.linspace(start, stop, int(n))
+        return name, np.geomspace(start, stop, n)
+    return name, np.linspace(start, stop, n)
 
 
 def register(sub) -> None:
@@ -106,8 +106,7 @@ def run(args) -> int:
     surface = surface_from_args(args)
     x = parse_range(args.x, "--x")
     y = parse_range(args.y, "--y")
-    if args.steps < 1 or args.steps > 100_000:
-        raise ValueError(f"--steps must be in [1, 100000], got {args.steps}")
+    check("--steps", args.steps, STEPS)
     t0 = time.perf_counter()
     sw = sim.sweep(surface, args.optimizer, x=x, y=y, steps=args.steps, start=parse_start(args.start),
                    fixed=parse_pairs(args.fixed, "--fixed"), noise=args.noise, seed=args.seed, tol=args.tol,

@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ravine import _io
+from ravine._validation import Interval, check
+
+#: The steps one command-line run may take.
+STEPS = Interval(int, 1, 100_000)
 
 _EPILOG = """\
 examples:
@@ -198,11 +202,8 @@ def run(args) -> int:
 
     surface = surface_from_args(args)
     specs = parse_optimizers(args.optimizers, args.lr)
-    noises = _float_list(args.noise, len(specs), "--noise")
-    if any(n is None or n < 0 for n in noises):
-        raise ValueError(f"--noise must be >= 0, got {args.noise!r}")
-    if args.steps < 1 or args.steps > 100_000:
-        raise ValueError(f"--steps must be in [1, 100000], got {args.steps}")
+    noises = [check("--noise", n, Interval.finite(float, 0)) for n in _float_list(args.noise, len(specs), "--noise")]
+    check("--steps", args.steps, STEPS)
     kwargs = dict(start=parse_start(args.start), steps=args.steps, batch_size=args.batch_size,
                   schedule=parse_schedule(args.schedule), clip=parse_clip(args.clip), tol=args.tol)
     t0 = time.perf_counter()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ravine._validation import Interval, check
 from ravine.plots._style import color, save
 
 #: One light colour per phase name, the same in every figure (other names are light grey).
@@ -58,8 +59,7 @@ def plot_schedules(
     for label, s in schedules.items():
         if not callable(s):
             raise TypeError(f"plot_schedules: schedules[{label!r}] must be a callable step -> float, got {s!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"plot_schedules: steps must be an integer >= 1, got {steps!r}")
+    steps = check("steps", steps, Interval.finite(int, 1), where="plot_schedules: ")
 
     x = np.arange(steps)
     curves = {label: np.array([float(s(int(t))) for t in x]) for label, s in schedules.items()}

@@ -26,6 +26,7 @@ from matplotlib import colors as mcolors
 from matplotlib.patches import Patch
 
 from ravine._io import atomic_path
+from ravine._validation import Interval, Options, check
 from ravine.plots._style import color, plt, save
 
 __all__ = [
@@ -224,8 +225,7 @@ def plot_sweep(sw, ax=None, metric: str = "final_loss", title: str | None = None
     unknown); ``metric="steps_to_tol"``: steps to reach the tolerance, with cells that never reached it in
     white. Diverged cells are grey with hatching in both.
     """
-    if metric not in ("final_loss", "steps_to_tol"):
-        raise ValueError(f"metric must be 'final_loss' or 'steps_to_tol', got {metric!r}")
+    check("metric", metric, Options(("final_loss", "steps_to_tol")))
     if ax is None:
         _, ax = plt.subplots(figsize=(7.5, 6))
     xe, xlog = _edges(sw.x_values)
@@ -311,10 +311,8 @@ def save_gif(tr, path: str | os.PathLike, frames: int = 60, fps: int = 12, n: in
     """
     from matplotlib.animation import FuncAnimation, PillowWriter
 
-    if not isinstance(frames, int) or not 2 <= frames <= 1000:
-        raise ValueError(f"frames must be an int in [2, 1000], got {frames!r}")
-    if not isinstance(fps, int) or not 1 <= fps <= 60:
-        raise ValueError(f"fps must be an int in [1, 60], got {fps!r}")
+    frames = check("frames", frames, Interval(int, 2, 1000))
+    fps = check("fps", fps, Interval(int, 1, 60))
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
     surface = tr.surface
