@@ -58,6 +58,7 @@ from ravine import __version__
 from ravine.curvature import critical_point_kind, max_stable_lr
 from ravine.web import models
 
+#: The page's HTML, JS and CSS.
 STATIC_DIR = Path(__file__).with_name("static")
 
 
@@ -231,10 +232,10 @@ def _global_min(surface: rs.Surface) -> float | None:
     return min(values) if values else None
 
 
-V = TypeVar("V")
+_V = TypeVar("_V")
 
 
-class LRUCache(Generic[V]):
+class LRUCache(Generic[_V]):
     """A thread-safe least-recently-used cache of ``size`` entries (``size`` 0: stores nothing).
 
     The app keeps two: encoded responses keyed by the canonical request JSON, and single runs keyed
@@ -243,10 +244,10 @@ class LRUCache(Generic[V]):
 
     def __init__(self, size: int):
         self.size = size
-        self._entries: OrderedDict[str, V] = OrderedDict()
+        self._entries: OrderedDict[str, _V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> V | None:
+    def get(self, key: str) -> _V | None:
         """The value stored under ``key`` (now the most recently used), or ``None``."""
         with self._lock:
             value = self._entries.get(key)
@@ -254,7 +255,7 @@ class LRUCache(Generic[V]):
                 self._entries.move_to_end(key)
             return value
 
-    def put(self, key: str, value: V) -> None:
+    def put(self, key: str, value: _V) -> None:
         """Store ``value`` under ``key``, evicting the least recently used entry beyond ``size``."""
         if self.size <= 0:
             return

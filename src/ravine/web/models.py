@@ -42,17 +42,24 @@ import ravine.schedules as rsch
 import ravine.surfaces as rs
 from ravine._validation import Interval, Options, check
 
+#: Updates of one run.
 MAX_STEPS = 10_000
+#: Optimizers of one trajectory request.
 MAX_OPTIMIZERS = 16
+#: Values of one sweep axis.
 MAX_SWEEP_SIDE = 128
+#: Characters of a typed expression.
 MAX_EXPRESSION_LENGTH = 500
+#: Points per side of a contour grid.
 MAX_GRID = 300
 #: optimizers x steps of one trajectory request (16 optimizers x 10000 steps fits).
 MAX_TRAJECTORY_WORK = MAX_OPTIMIZERS * MAX_STEPS
 #: sweep cells x steps of one sweep request (e.g. 128 x 128 cells x 256 steps, 64 x 64 x 1024).
 MAX_SWEEP_WORK = 128 * 128 * 256
 
+#: A float that is not NaN or infinite.
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+#: A point (x, y) of the plane.
 Point = tuple[Finite, Finite]
 
 
@@ -542,6 +549,7 @@ class GridRequest(_Strict):
 # ---------------------------------------------------------------------------------------------------
 # Responses (documented in the OpenAPI schema; non-finite numbers are null).
 
+#: A number in a response: ``null`` where it is not finite.
 MaybeFloat = float | None
 
 
