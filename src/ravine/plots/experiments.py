@@ -86,8 +86,8 @@ class Bars:
 
 
 def _finite(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    m = np.isfinite(x) & np.isfinite(y)
-    return x[m], y[m]
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
 
 
 def _draw_panel(ax, panel: Panel) -> None:
@@ -167,20 +167,20 @@ def plot_panels(path: str | os.PathLike, panels: Sequence[Panel], suptitle: str 
 
 
 def plot_heatmaps(path: str | os.PathLike, maps: Sequence[Heatmap], cbar_label: str, suptitle: str = "") -> Path:
-    """Draw one heatmap per entry of ``maps`` with a shared colour scale (5th-95th percentile of the
+    """Draw one heatmap per entry of ``maps`` with a shared colour scale (2nd-90th percentile of the
     finite values, so one diverged corner does not wash out the rest); non-finite cells get an ``x``."""
     if not maps:
         raise ValueError("maps must not be empty")
-    vals = np.concatenate([np.asarray(m.z, dtype=float).ravel() for m in maps])
+    vals = np.concatenate([np.asarray(hm.z, dtype=float).ravel() for hm in maps])
     vals = vals[np.isfinite(vals)]
     vmin, vmax = (np.percentile(vals, 2), np.percentile(vals, 90)) if len(vals) else (0.0, 1.0)
     if vmax <= vmin:
         vmax = vmin + 1e-9
     fig, axes = plt.subplots(1, len(maps), figsize=(5.0 * len(maps), 4.2), squeeze=False)
     im = None
-    for ax, m in zip(axes.flat, maps):
-        z = np.asarray(m.z, dtype=float)
-        lx, ly = np.log10(np.asarray(m.x_values, float)), np.log10(np.asarray(m.y_values, float))
+    for ax, hm in zip(axes.flat, maps):
+        z = np.asarray(hm.z, dtype=float)
+        lx, ly = np.log10(np.asarray(hm.x_values, float)), np.log10(np.asarray(hm.y_values, float))
         im = ax.imshow(
             np.clip(z, vmin, vmax),
             origin="lower",
@@ -194,8 +194,8 @@ def plot_heatmaps(path: str | os.PathLike, maps: Sequence[Heatmap], cbar_label: 
             for ix in range(z.shape[1]):
                 if not np.isfinite(z[iy, ix]):
                     ax.plot(lx[ix], ly[iy], "x", color="red", markersize=8)
-        if m.points:
-            px, py = zip(*m.points)
+        if hm.points:
+            px, py = zip(*hm.points)
             ax.plot(
                 np.log10(px),
                 np.log10(py),
@@ -206,18 +206,18 @@ def plot_heatmaps(path: str | os.PathLike, maps: Sequence[Heatmap], cbar_label: 
                 linewidth=1.2,
                 label="best per column",
             )
-        if m.fit is not None:
-            slope, icpt = m.fit
+        if hm.fit is not None:
+            slope, icpt = hm.fit
             ax.plot(lx, slope * lx + icpt, "--", color="orange", linewidth=1.5, label=f"fit: slope {slope:.2f}")
-        if m.points or m.fit is not None:
+        if hm.points or hm.fit is not None:
             ax.legend(fontsize=7, loc="upper right")
         ax.set_xticks(lx)
-        ax.set_xticklabels([f"{v:.0e}" for v in m.x_values], fontsize=7, rotation=30)
+        ax.set_xticklabels([f"{v:.0e}" for v in hm.x_values], fontsize=7, rotation=30)
         ax.set_yticks(ly)
-        ax.set_yticklabels([f"{v:.0e}" for v in m.y_values], fontsize=7)
-        ax.set_xlabel(m.x_label)
-        ax.set_ylabel(m.y_label)
-        ax.set_title(m.title, fontsize=10)
+        ax.set_yticklabels([f"{v:.0e}" for v in hm.y_values], fontsize=7)
+        ax.set_xlabel(hm.x_label)
+        ax.set_ylabel(hm.y_label)
+        ax.set_title(hm.title, fontsize=10)
     fig.colorbar(im, ax=list(axes.flat), label=cbar_label, shrink=0.9)
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)

@@ -78,9 +78,9 @@ def _draw_surface(ax, surface, n: int = 300, colorbar: bool = True, image: bool 
         ticks = levels[:: max(1, len(levels) // 6)]
         cb.set_ticks(ticks)
         cb.set_ticklabels([f"{t:.3g}" for t in ticks])
-    for m in surface.minima:
-        glob = m.kind == "global"
-        ax.plot(m.x, m.y, marker="*", ms=16 if glob else 11, mfc="white" if glob else "none",
+    for minimum in surface.minima:
+        glob = minimum.kind == "global"
+        ax.plot(minimum.x, minimum.y, marker="*", ms=16 if glob else 11, mfc="white" if glob else "none",
                 mec="black" if glob else "white", mew=1.2, ls="none", zorder=6)
     for s in surface.saddles:
         ax.plot(s.x, s.y, marker="P", ms=10, mfc="white", mec="black", ls="none", zorder=6)
