@@ -127,13 +127,13 @@ def test_bad_input_messages():
         data.load("mnist")
     with pytest.raises(TypeError, match=r"dataset 'digits' got unexpected argument\(s\) \['p'\]"):
         data.load("digits", p=3)
-    with pytest.raises(ValueError, match=r"train_fraction must be in the open interval \(0, 1\), got 1.5"):
+    with pytest.raises(ValueError, match=r"train_fraction must be in \(0, 1\), got 1.5"):
         data.load("modadd", train_fraction=1.5)
-    with pytest.raises(ValueError, match=r"k must be in \[1, 4\], got 5"):
+    with pytest.raises(ValueError, match=r"k must be an integer in \[1, 4\], got 5"):
         data.load("parity", n_bits=4, k=5)
     with pytest.raises(TypeError, match=r"seed must be an int, got 'a'"):
         data.load("digits", seed="a")
     with pytest.raises(ValueError, match=r"batch_size=None \(full batch\) is not available for 'chars'"):
         data.load("chars", block_size=8).sampler(None).next()
-    with pytest.raises(ValueError, match=r"split must be 'train' or 'test', got 'val'"):
+    with pytest.raises(ValueError, match=r"split must be one of 'train', 'test', got 'val'"):
         data.load("digits").eval_data("val")

@@ -129,7 +129,7 @@ def test_layer_groups_cover_every_parameter_once():
 def test_bad_input_messages():
     with pytest.raises(ValueError, match=r"unknown model name 'resnet'; valid names: cnn, lstm, mlp, rnn, transformer"):
         models.build("resnet")
-    with pytest.raises(ValueError, match=r"norm must be 'pre' or 'post', got 'sandwich'"):
+    with pytest.raises(ValueError, match=r"norm must be one of 'pre', 'post', got 'sandwich'"):
         models.build("transformer", vocab_size=5, block_size=4, norm="sandwich")
     with pytest.raises(ValueError, match=r"d_model=10 must be divisible by n_head=4"):
         models.build("transformer", vocab_size=5, block_size=4, d_model=10, n_head=4)

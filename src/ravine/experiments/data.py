@@ -43,6 +43,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ravine._validation import Interval, Options, check
+
+from ._checks import FRACTION, NATURAL, integer
+
 IGNORE_INDEX = -100
 
 __all__ = [
@@ -75,25 +79,6 @@ def accuracy_counts(logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, i
     return int(((pred == targets) & mask).sum().item()), int(mask.sum().item())
 
 
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {allowed}, got {value}")
-    return value
-
-
-def _check_fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a float, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be in the open interval (0, 1), got {value}")
-    return value
-
-
 class BatchSampler:
     """Draws training batches; its whole state is savable (``state_dict`` holds tensors and ints only).
 
@@ -107,7 +92,7 @@ class BatchSampler:
 
     def __init__(self, dataset: Dataset, batch_size: int | None, seed: int = 0):
         if batch_size is not None:
-            _check_int("batch_size", batch_size, 1)
+            integer("batch_size", batch_size)
         self.dataset = dataset
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -197,9 +182,7 @@ class Dataset:
 
 
 def _check_split(split: str) -> str:
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    return split
+    return check("split", split, Options(("train", "test")))
 
 
 class ArrayDataset(Dataset):
@@ -330,8 +313,8 @@ class CharDataset(Dataset):
         Start positions are uniform on ``[0, len(stream) - block_size - 1]`` drawn with ``generator``;
         ``y`` is ``x`` shifted by one character (next-character prediction).
         """
-        block_size = _check_int("block_size", block_size, 1)
-        batch_size = _check_int("batch_size", batch_size, 1)
+        block_size = integer("block_size", block_size)
+        batch_size = integer("batch_size", batch_size)
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         stream = self._stream(split)
@@ -378,7 +361,7 @@ class CharDataset(Dataset):
 def _load_digits(seed: int, test_fraction: float = 0.2) -> ArrayDataset:
     from sklearn.datasets import load_digits
 
-    test_fraction = _check_fraction("test_fraction", test_fraction)
+    test_fraction = check("test_fraction", test_fraction, FRACTION)
     bunch = load_digits()
     x = np.asarray(bunch.data, dtype=np.float64)
     y = np.asarray(bunch.target, dtype=np.int64)
@@ -413,16 +396,16 @@ def _corpus_text() -> str:
 
 
 def _load_chars(seed: int, block_size: int = 64, val_fraction: float = 0.1, eval_blocks: int = 64) -> CharDataset:
-    block_size = _check_int("block_size", block_size, 1)
-    val_fraction = _check_fraction("val_fraction", val_fraction)
-    eval_blocks = _check_int("eval_blocks", eval_blocks, 1)
+    block_size = integer("block_size", block_size)
+    val_fraction = check("val_fraction", val_fraction, FRACTION)
+    eval_blocks = integer("eval_blocks", eval_blocks)
     params = {"seed": seed, "block_size": block_size, "val_fraction": val_fraction, "eval_blocks": eval_blocks}
     return CharDataset(_corpus_text(), params)
 
 
 def _load_modadd(seed: int, p: int = 97, train_fraction: float = 0.5) -> ArrayDataset:
-    p = _check_int("p", p, 2)
-    train_fraction = _check_fraction("train_fraction", train_fraction)
+    p = integer("p", p, Interval(int, 2, None, closed="left"))
+    train_fraction = check("train_fraction", train_fraction, FRACTION)
     a = torch.arange(p).repeat_interleave(p)
     b = torch.arange(p).repeat(p)
     c = (a + b) % p
@@ -451,10 +434,10 @@ def _load_modadd(seed: int, p: int = 97, train_fraction: float = 0.5) -> ArrayDa
 
 
 def _load_parity(seed: int, n_bits: int = 20, k: int = 3, n_train: int = 2000, n_test: int = 1000) -> ArrayDataset:
-    n_bits = _check_int("n_bits", n_bits, 1)
-    k = _check_int("k", k, 1, n_bits)
-    n_train = _check_int("n_train", n_train, 1)
-    n_test = _check_int("n_test", n_test, 1)
+    n_bits = integer("n_bits", n_bits)
+    k = integer("k", k, Interval(int, 1, n_bits))
+    n_train = integer("n_train", n_train)
+    n_test = integer("n_test", n_test)
     rng = np.random.default_rng(seed)
     relevant = np.sort(rng.choice(n_bits, size=k, replace=False))
     bits = rng.integers(0, 2, size=(n_train + n_test, n_bits)) * 2 - 1
@@ -478,11 +461,11 @@ def _load_parity(seed: int, n_bits: int = 20, k: int = 3, n_train: int = 2000, n
 def _load_copy(
     seed: int, length: int = 10, delay: int = 10, n_symbols: int = 8, n_train: int = 2000, n_test: int = 500
 ) -> ArrayDataset:
-    length = _check_int("length", length, 1)
-    delay = _check_int("delay", delay, 1)
-    n_symbols = _check_int("n_symbols", n_symbols, 1)
-    n_train = _check_int("n_train", n_train, 1)
-    n_test = _check_int("n_test", n_test, 1)
+    length = integer("length", length)
+    delay = integer("delay", delay)
+    n_symbols = integer("n_symbols", n_symbols)
+    n_train = integer("n_train", n_train)
+    n_test = integer("n_test", n_test)
     g = torch.Generator().manual_seed(seed)
     n = n_train + n_test
     blank, delim = 0, n_symbols + 1
@@ -537,7 +520,7 @@ def load(name: str, seed: int = 0, **kw: Any) -> Dataset:
     """
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset name {name!r}; valid names: {', '.join(names())}")
-    seed = _check_int("seed", seed, 0)
+    seed = integer("seed", seed, NATURAL)
     fn = _LOADERS[name]
     import inspect
 

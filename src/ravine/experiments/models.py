@@ -36,6 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ravine._validation import Interval, Options, check
+
+from ._checks import integer
+
 __all__ = ["build", "names", "from_spec", "spec", "layer_groups", "MLP", "CNN", "Transformer", "Recurrent"]
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -48,18 +52,8 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def _pos_int(name: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
-
-
 def _activation(name: str) -> nn.Module:
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
-    return _ACTIVATIONS[name]()
+    return _ACTIVATIONS[check("activation", name, Options(sorted(_ACTIVATIONS)))]()
 
 
 class MLP(nn.Module):
@@ -70,7 +64,7 @@ class MLP(nn.Module):
         if len(sizes) < 2:
             raise ValueError(f"sizes must list at least an input and an output size, got {sizes!r}")
         for i, s in enumerate(sizes):
-            _pos_int(f"sizes[{i}]", s)
+            integer(f"sizes[{i}]", s)
         layers: list[nn.Module] = []
         for i in range(len(sizes) - 1):
             layers.append(nn.Linear(sizes[i], sizes[i + 1], bias=bias))
@@ -96,13 +90,13 @@ class CNN(nn.Module):
         n_classes: int = 10,
     ):
         super().__init__()
-        _pos_int("in_channels", in_channels)
-        _pos_int("image_size", image_size, 4)
+        integer("in_channels", in_channels)
+        integer("image_size", image_size, Interval(int, 4, None, closed="left"))
         if len(channels) != 2:
             raise ValueError(f"channels must have two entries (two conv layers), got {channels!r}")
-        c1, c2 = (_pos_int(f"channels[{i}]", c) for i, c in enumerate(channels))
-        _pos_int("hidden", hidden)
-        _pos_int("n_classes", n_classes)
+        c1, c2 = (integer(f"channels[{i}]", c) for i, c in enumerate(channels))
+        integer("hidden", hidden)
+        integer("n_classes", n_classes)
         self.in_channels, self.image_size = in_channels, image_size
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, c1, 3, padding=1),
@@ -182,18 +176,16 @@ class Transformer(nn.Module):
         bias: bool = True,
     ):
         super().__init__()
-        _pos_int("vocab_size", vocab_size)
-        _pos_int("block_size", block_size)
-        _pos_int("n_layer", n_layer)
-        _pos_int("n_head", n_head)
-        _pos_int("d_model", d_model)
-        _pos_int("mlp_ratio", mlp_ratio)
+        integer("vocab_size", vocab_size)
+        integer("block_size", block_size)
+        integer("n_layer", n_layer)
+        integer("n_head", n_head)
+        integer("d_model", d_model)
+        integer("mlp_ratio", mlp_ratio)
         if d_model % n_head:
             raise ValueError(f"d_model={d_model} must be divisible by n_head={n_head}")
-        if norm not in ("pre", "post"):
-            raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        check("norm", norm, Options(("pre", "post")))
+        check("dropout", dropout, Interval(float, 0, 1, closed="left"))
         self.block_size, self.norm = block_size, norm
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(block_size, d_model)
@@ -241,15 +233,13 @@ class Recurrent(nn.Module):
         nonlinearity: str = "tanh",
     ):
         super().__init__()
-        _pos_int("vocab_size", vocab_size)
-        _pos_int("d_embed", d_embed)
-        _pos_int("hidden", hidden)
-        _pos_int("n_layers", n_layers)
-        if cell not in ("lstm", "rnn"):
-            raise ValueError(f"cell must be 'lstm' or 'rnn', got {cell!r}")
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        n_out = vocab_size if n_out is None else _pos_int("n_out", n_out)
+        integer("vocab_size", vocab_size)
+        integer("d_embed", d_embed)
+        integer("hidden", hidden)
+        integer("n_layers", n_layers)
+        check("cell", cell, Options(("lstm", "rnn")))
+        check("nonlinearity", nonlinearity, Options(("tanh", "relu")))
+        n_out = vocab_size if n_out is None else integer("n_out", n_out)
         self.embed = nn.Embedding(vocab_size, d_embed)
         if cell == "lstm":
             self.rnn: nn.Module = nn.LSTM(d_embed, hidden, n_layers, batch_first=True)
