@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import ravine.optim as ro  # noqa: E402
-from ravine.optim.fused import peak_step_memory  # noqa: E402
+from peak_memory import peak_step_memory  # noqa: E402
 
 
 def gpt2_shapes(n_layer: int = 12, d: int = 768, vocab: int = 50257, ctx: int = 1024) -> list[tuple[int, ...]]:

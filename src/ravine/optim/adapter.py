@@ -1,12 +1,16 @@
 """The torch adapter: run any transform as a real ``torch.optim.Optimizer``.
 
-Design answers (see ``design.md``):
+How it answers the design questions (the design notes live with the project, not in this package):
 
 - **Per-group hyperparameters.** The transform's hyperparameters are the optimizer's ``defaults``;
   a param group may override any of them (``{"params": biases, "weight_decay": 0.0}``). At each
   step every group runs ``transform.with_hyperparams(**group values)`` on its own parameters, so
-  one chain serves all groups. A chain therefore reduces (global-norm clipping) over the
-  parameters of one group: with several groups, clip over each group, or keep one group.
+  one chain serves all groups. A hyperparameter that a transform leaves for the optimizer to fill
+  (``Transform.needs``: AdamW's ``lr_peak`` in the paper's convention) is filled from the group.
+- **Clipping spans all groups.** A chain that starts with ``clip_by_global_norm`` clips by the
+  norm of the gradients of every param group, as ``torch.nn.utils.clip_grad_norm_`` over all
+  parameters (nanoGPT's decay/no-decay groups clip as one); ``per_group=True`` clips each group
+  by its own norm.
 - **One source of truth for the learning rate.** ``group["lr"]`` always holds the learning rate
   of the coming step, as in torch, so every ``torch.optim.lr_scheduler`` works. A hyperparameter
   given as a ravine schedule (a callable of the step) is evaluated by the adapter before each step
@@ -21,7 +25,8 @@ Design answers (see ``design.md``):
   reusable buffer; ``p.grad`` is left as torch leaves it.
 - **Non-finite gradients.** ``nonfinite="skip"`` (default) skips the whole step (no parameter or
   state changes), counts it in ``skipped_steps`` and warns naming the parameter; ``"raise"``
-  raises ``FloatingPointError``; ``"apply"`` applies the step as torch would.
+  raises ``FloatingPointError``; ``"apply"`` applies the step as torch would. The check reads the
+  per-tensor gradient norms that the global clip norm is made of: one pass for both.
 """
 
 from __future__ import annotations
@@ -34,89 +39,76 @@ import torch
 from torch import Tensor
 
 from .._validation import Options, check
+from ._state import assemble, check_global_clip, check_structure, clips_globally, first_state, layout_of, scatter
 from .alias import torch_adagrad, torch_adam, torch_adamw, torch_rmsprop, torch_sgd
-from .base import State, Transform, apply_updates, chain_info, params_with_grad
+from .base import Transform, apply_updates, chain_info, params_with_grad, tensor_norms
+from .fused import FUSED_MODES, FusedEngine
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
 
 _NONFINITE = Options(("skip", "raise", "apply"))
+_OVERFLOW = (
+    "the global gradient norm is not finite although every gradient is (its sum of squares overflows the dtype)"
+)
 
 
-class _Slot:
-    """A per-parameter list in a state layout, stored in ``optimizer.state[p][name]``."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str):
-        self.name = name
-
-
-def _layout(state: State) -> Any:
-    """Replace each per-parameter list by a named slot; names are torch's unless they clash."""
-    counts: dict[str, int] = {}
-
-    def count(s: State) -> None:
-        for k, v in s.items():
-            if k == "parts":
-                for p in v:
-                    count(p)
-            elif isinstance(v, list):
-                counts[k] = counts.get(k, 0) + 1
-
-    count(state)
-    seen: dict[str, int] = {}
-
-    def build(s: State) -> dict:
-        out: dict[str, Any] = {}
-        for k, v in s.items():
-            if k == "parts":
-                out[k] = [build(p) for p in v]
-            elif k == "step":
-                out[k] = None
-            elif isinstance(v, list):
-                i = seen.get(k, 0)
-                seen[k] = i + 1
-                out[k] = _Slot(k if counts[k] == 1 else f"{k}.{i}")
-        return out
-
-    return build(state)
+def _peak_lr(group: dict[str, Any], advance: bool) -> float:
+    """Where the group's learning rate peaks: its ravine schedule's ``peak``, a torch scheduler's
+    ``initial_lr``, else its first value (with a warning once it is exceeded)."""
+    schedule = group["schedules"].get("lr")
+    peak = (getattr(schedule, "peak", None) if schedule is not None else None) or group.get("initial_lr")
+    if peak is not None:
+        return peak
+    # nothing says where the learning rate peaks: take the first one (right for a constant lr)
+    peak = group.setdefault("first_lr", group["lr"])
+    if advance and group["lr"] > peak and not group.get("warned_lr_peak"):
+        group["warned_lr_peak"] = True
+        warnings.warn(
+            f"lr_peak defaults to the group's first learning rate {peak!r} (decoupled weight decay scales "
+            f"by lr / lr_peak), but group['lr'] is now {group['lr']!r}: pass lr_peak=... (the schedule's "
+            "peak) when you set group['lr'] yourself, or use a ravine schedule or a torch LR scheduler",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+    return peak
 
 
-def _slots(layout: Any) -> list[str]:
-    names: list[str] = []
-
-    def visit(s: dict) -> None:
-        for k, v in s.items():
-            if k == "parts":
-                for p in v:
-                    visit(p)
-            elif isinstance(v, _Slot):
-                names.append(v.name)
-
-    visit(layout)
-    return names
+# what a transform may ask the optimizer to fill in (Transform.needs): name -> value from a group
+_GROUP_VALUES: dict[str, Callable[[dict[str, Any], bool], Any]] = {"lr_peak": _peak_lr}
 
 
-def _assemble(layout: dict, per_param: list[dict], step: int) -> State:
-    out: State = {}
-    for k, v in layout.items():
-        if k == "parts":
-            out[k] = [_assemble(p, per_param, step) for p in v]
-        elif k == "step":
-            out[k] = step
-        else:
-            out[k] = [d[v.name] for d in per_param]
-    return out
+class _Host:
+    """The optimizer as its fused engine sees it (the members of ``ravine.optim.fused.Host``)."""
 
+    def __init__(self, opt: Optimizer):
+        self.opt = opt
 
-def _scatter(layout: dict, state: State, per_param: list[dict]) -> None:
-    for k, v in layout.items():
-        if k == "parts":
-            for lp, sp in zip(v, state["parts"]):
-                _scatter(lp, sp, per_param)
-        elif isinstance(v, _Slot):
-            for d, tensor in zip(per_param, state[k]):
-                d[v.name] = tensor
+    @property
+    def state(self) -> dict[Tensor, dict]:
+        return self.opt.state
+
+    @property
+    def nonfinite(self) -> str:
+        return self.opt.nonfinite
+
+    def transform_at(self, group: dict, step: int, advance: bool = True) -> Transform:
+        return self.opt._transform_at(group, step, advance)
+
+    def unfused_plans(self, group: dict, params: list[Tensor]) -> list[tuple[Transform, list[Tensor], int]]:
+        return self.opt._plans(group, params)
+
+    def update(self, t: Transform, params: list[Tensor], step: int, total_norm: Tensor | None) -> dict[str, Any]:
+        return self.opt._update(t, params, step, total_norm)
+
+    def check(self, units: list[tuple[list[Tensor], bool]]) -> Tensor | None | bool:
+        return self.opt._check(units)
+
+    def reject(self) -> None:
+        self.opt._reject()
+
+    def release(self, params: list[Tensor]) -> None:
+        for p in params:
+            self.opt._buffers.pop(p, None)
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -134,8 +126,18 @@ class Optimizer(torch.optim.Optimizer):
             raise; ``None``: the flat path where the chain allows it, else unfused. Same numbers
             to float rounding and the same ``state_dict``; see :mod:`ravine.optim.fused`.
 
-    After each ``step()``: ``stats`` holds ``grad_norm`` and ``clipped`` when the chain clips
-    (per group: ``stats["groups"]``), and ``skipped_steps`` counts skipped steps.
+    After each ``step()``, ``stats`` holds what the chain reported (floats and bools):
+
+    - ``grad_norm``: the global gradient norm before clipping (with ``clip_by_global_norm``
+      first in the chain: over all param groups, ``clip_grad_norm_``'s return value);
+    - ``clipped_norm``: the global norm after clipping, ``grad_norm * min(1, max_norm / (grad_norm + 1e-6))``;
+    - ``clipped``: whether the step was clipped;
+    - ``clip_fraction``: the fraction of units clipped (``clip_adaptive`` only);
+    - ``groups``: the same per param group (and per step count within a group).
+
+    The top-level keys are those of the first group that reports them; after a skipped step there
+    are none (``groups`` is empty). ``skipped_steps`` counts the steps skipped for non-finite
+    gradients.
     """
 
     def __init__(
@@ -147,17 +149,18 @@ class Optimizer(torch.optim.Optimizer):
                 f"got {type(transform).__name__}"
             )
         check("nonfinite", nonfinite, _NONFINITE)
+        check("fused", fused, FUSED_MODES)
+        unknown = sorted(set(transform.needs) - set(_GROUP_VALUES))
+        if unknown:
+            raise ValueError(f"{transform.name} needs {unknown}; the optimizer provides {sorted(_GROUP_VALUES)}")
         self.transform = transform
         self.nonfinite = nonfinite
+        self.fused = fused
         self.skipped_steps = 0
         self._stats: list[dict[str, Any]] = []
-        self._buffers: dict[Tensor, Tensor] = {}
-        self._layouts: dict[str, Any] = {}
-        from .fused import FUSED_MODES, FusedEngine
-
-        check("fused", fused, FUSED_MODES)
-        self.fused = fused
-        self._fused = None if fused is False else FusedEngine(self, fused)
+        self._buffers: dict[Tensor, Tensor] = {}  # the unfused path's gradient copies
+        self._fused = None if fused is False else FusedEngine(fused)
+        self._host = _Host(self)
         super().__init__(params, dict(transform.hyperparams))
 
     # -- groups and hyperparameters ------------------------------------------------------------
@@ -174,6 +177,7 @@ class Optimizer(torch.optim.Optimizer):
                 f"{self.transform.name} accepts {sorted(self.transform.hyperparams)}"
             )
         super().add_param_group(param_group)
+        check_global_clip(self.transform, len(self.param_groups))
         group = self.param_groups[-1]
         schedules: dict[str, Callable[[int], float]] = {}
         for k in self.transform.hyperparams:
@@ -186,9 +190,11 @@ class Optimizer(torch.optim.Optimizer):
             group[k] = float(fn(0))
             group["scheduled_values"][k] = group[k]
         # check the group's values now rather than at the first step
-        self._group_transform(group, step=0, advance=False)
+        self._transform_at(group, step=0, advance=False)
 
-    def _group_transform(self, group: dict[str, Any], step: int, advance: bool = True) -> Transform:
+    def _transform_at(self, group: dict[str, Any], step: int, advance: bool = True) -> Transform:
+        """The chain with the group's hyperparameters at ``step``; ``advance`` writes the group's
+        ravine schedules' values at ``step`` into it (after checking nothing else changed them)."""
         schedules = group.get("schedules", {})
         written = group.setdefault("scheduled_values", {})
         for k, fn in schedules.items():
@@ -201,61 +207,21 @@ class Optimizer(torch.optim.Optimizer):
             if advance:
                 group[k] = float(fn(step))
                 written[k] = group[k]
-        hp = {k: group[k] for k in self.transform.hyperparams}
-        if "lr_peak" in hp and hp["lr_peak"] is None and hp.get("decay_convention") == "decoupled":
-            sched = schedules.get("lr")
-            peak = (getattr(sched, "peak", None) if sched is not None else None) or group.get("initial_lr")
-            if peak is None:
-                # nothing says where the learning rate peaks: take the first one (right for a constant lr)
-                peak = group.setdefault("first_lr", group["lr"])
-                if advance and group["lr"] > peak and not group.get("warned_lr_peak"):
-                    group["warned_lr_peak"] = True
-                    warnings.warn(
-                        f"decoupled weight decay assumes the learning rate peaks at its first value {peak!r}, "
-                        f"but group['lr'] is now {group['lr']!r}: pass lr_peak=... (the schedule's peak) when "
-                        "you set group['lr'] yourself, or use a ravine schedule or a torch LR scheduler",
-                        RuntimeWarning,
-                        stacklevel=4,
-                    )
-            hp["lr_peak"] = peak
-        return self.transform.with_hyperparams(**hp)
+        values = {k: group[k] for k in self.transform.hyperparams}
+        t = self.transform.with_hyperparams(**values)
+        filled = {k: _GROUP_VALUES[k](group, advance) for k in t.needs if values.get(k) is None}
+        return self.transform.with_hyperparams(**(values | filled)) if filled else t
+
+    def _plans(self, group: dict[str, Any], params: list[Tensor]) -> list[tuple[Transform, list[Tensor], int]]:
+        """(chain, parameters, step) for each step count among the group's parameters: parameters
+        that have stepped a different number of times (e.g. unused for a while) are stepped in
+        separate calls, so bias corrections and schedules see each one's own step."""
+        by_step: dict[int, list[Tensor]] = {}
+        for p in params:
+            by_step.setdefault(int(self.state[p].get("step", 0)), []).append(p)
+        return [(self._transform_at(group, step), ps, step) for step, ps in sorted(by_step.items())]
 
     # -- the step ------------------------------------------------------------------------------
-
-    def _param_name(self, group_index: int, group: dict, index: int) -> str:
-        names = group.get("param_names")
-        if names is not None and index < len(names):
-            return repr(names[index])
-        p = group["params"][index]
-        return f"group {group_index} param {index} (shape {tuple(p.shape)})"
-
-    def _check_finite(self) -> bool:
-        """True if every gradient is finite; otherwise raise or warn as ``nonfinite`` says."""
-        grads, where = [], []
-        for gi, group in enumerate(self.param_groups):
-            for pi, p in enumerate(group["params"]):
-                if p.grad is not None:
-                    grads.append(p.grad)
-                    where.append((gi, pi))
-        if not grads:
-            return True
-        norms = torch._foreach_norm(grads)
-        finite = torch.stack([n.to(norms[0].device, torch.float32) for n in norms]).isfinite()
-        if bool(finite.all()):
-            return True
-        k = int((~finite).nonzero()[0, 0])
-        gi, pi = where[k]
-        name = self._param_name(gi, self.param_groups[gi], pi)
-        if self.nonfinite == "raise":
-            raise FloatingPointError(f"non-finite gradient (inf or nan) in parameter {name}")
-        self.skipped_steps += 1
-        warnings.warn(
-            f"skipped optimizer step: non-finite gradient (inf or nan) in parameter {name} "
-            f"({self.skipped_steps} skipped so far)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return False
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -263,49 +229,83 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        work = [(i, group, params) for i, group in enumerate(self.param_groups) if (params := params_with_grad(group))]
         if self._fused is not None:
-            self._stats = self._fused.step()
+            self._stats = self._fused.step(self._host, work)
             return loss
-        if self.nonfinite != "apply" and not self._check_finite():
+        plans = [plan for _, group, params in work for plan in self._plans(group, params)]
+        total = self._check([([p.grad for p in ps], clips_globally(t)) for t, ps, _ in plans])
+        if total is False:
             self._stats = []
             return loss
-        stats = []
-        for group in self.param_groups:
-            params = params_with_grad(group)
-            if not params:
-                continue
-            # params that have stepped a different number of times (e.g. unused for a while) are
-            # stepped in separate calls, so bias corrections and schedules see each one's own step.
-            by_step: dict[int, list[Tensor]] = {}
-            for p in params:
-                by_step.setdefault(int(self.state[p].get("step", 0)), []).append(p)
-            for step, ps in sorted(by_step.items()):
-                t = self._group_transform(group, step)
-                stats.append(self._update(t, ps, step))
-        self._stats = stats
+        self._stats = [self._update(t, ps, step, total if clips_globally(t) else None) for t, ps, step in plans]
         return loss
 
-    def _update(self, t: Transform, params: list[Tensor], step: int) -> dict[str, Any]:
-        structure = repr(t.structure())
-        layout = self._layouts.get(structure)
-        if layout is None:
-            layout = self._layouts[structure] = _layout(t.init([]))
+    def _check(self, units: list[tuple[list[Tensor], bool]]) -> Tensor | None | bool:
+        """One pass over the gradients of a step, ``units`` of (gradients, whether they are clipped
+        by the global norm): ``False`` if the step is skipped (see ``nonfinite``), else the global
+        norm of the clipped units (``None`` if there are none)."""
+        grads = [g for gs, _ in units for g in gs]
+        clipped = [i for i, clip in enumerate(clip for gs, clip in units for _ in gs) if clip]
+        if not grads or (self.nonfinite == "apply" and not clipped):
+            return None
+        norms = tensor_norms(grads)
+        if self.nonfinite != "apply" and not bool(norms.isfinite().all()):
+            self._reject()
+            return False
+        if not clipped:
+            return None
+        total = torch.linalg.vector_norm(norms if len(clipped) == len(grads) else norms[clipped], 2.0)
+        if self.nonfinite != "apply" and not bool(total.isfinite()):
+            self._skip(_OVERFLOW)
+            return False
+        return total
+
+    def _reject(self) -> None:
+        """Skip (or raise) for non-finite gradients, naming the first parameter that has one."""
+        where = [
+            (gi, pi) for gi, g in enumerate(self.param_groups) for pi, p in enumerate(g["params"]) if p.grad is not None
+        ]
+        grads = [self.param_groups[gi]["params"][pi].grad for gi, pi in where]
+        finite = tensor_norms(grads).isfinite() if grads else torch.ones(0, dtype=torch.bool)
+        if bool(finite.all()):  # each gradient is finite, their global norm is not
+            self._skip(_OVERFLOW)
+            return
+        gi, pi = where[int((~finite).nonzero()[0, 0])]
+        self._skip(f"non-finite gradient (inf or nan) in parameter {self._param_name(gi, pi)}")
+
+    def _skip(self, what: str) -> None:
+        if self.nonfinite == "raise":
+            raise FloatingPointError(what)
+        self.skipped_steps += 1
+        warnings.warn(
+            f"skipped optimizer step: {what} ({self.skipped_steps} skipped so far)", RuntimeWarning, stacklevel=5
+        )
+
+    def _param_name(self, group_index: int, index: int) -> str:
+        group = self.param_groups[group_index]
+        names = group.get("param_names")
+        if names is not None and index < len(names):
+            return repr(names[index])
+        p = group["params"][index]
+        return f"group {group_index} param {index} (shape {tuple(p.shape)})"
+
+    def _update(self, t: Transform, params: list[Tensor], step: int, total_norm: Tensor | None) -> dict[str, Any]:
+        """The unfused step of ``params`` (all at ``step``) by the chain ``t``; returns its info."""
+        structure, layout = layout_of(t)
         fresh = [p for p in params if "step" not in self.state[p]]
         if fresh:
             fresh_state = [self.state[p] for p in fresh]
-            _scatter(layout, t.init(fresh), fresh_state)
+            scatter(layout, t.init(fresh), fresh_state)
             for d in fresh_state:
                 d["step"] = 0
                 d["structure"] = structure
         for p in params:
-            if self.state[p].setdefault("structure", structure) != structure:
-                raise ValueError(
-                    "the optimizer's structure changed after training started (a structural "
-                    "hyperparameter such as momentum=0 -> >0, amsgrad or weight_decay=0 -> >0 was "
-                    f"changed): was {self.state[p]['structure']}, now {structure}"
-                )
+            check_structure(self.state[p], structure)
         per_param = [self.state[p] for p in params]
-        state = _assemble(layout, per_param, step)
+        state = assemble(layout, per_param, step)
+        if total_norm is not None:
+            first_state(state)["total_norm"] = total_norm
         grads = []
         for p in params:
             buf = self._buffers.get(p)
@@ -315,15 +315,14 @@ class Optimizer(torch.optim.Optimizer):
         torch._foreach_copy_(grads, [p.grad for p in params])
         updates, new_state = t.update(grads, state, params)
         apply_updates(params, updates)
-        _scatter(layout, new_state, per_param)
+        scatter(layout, new_state, per_param)
         for d in per_param:
             d["step"] = step + 1
         return chain_info(new_state)
 
     @property
     def stats(self) -> dict[str, Any]:
-        """What the last step reported: ``grad_norm`` and ``clipped`` of the first group that
-        clips, and ``groups`` with every group's report (floats and bools)."""
+        """What the last step reported (see the class docstring for the keys)."""
         groups = []
         for s in self._stats:
             g = {}
@@ -359,13 +358,15 @@ class Optimizer(torch.optim.Optimizer):
         for g, kept in zip(self.param_groups, keep):
             g.update(kept)
             g.setdefault("scheduled_values", {})
+            for k, v in self.defaults.items():  # a checkpoint from before a hyperparameter existed
+                g.setdefault(k, v)
         for group in self.param_groups:
-            t = self._group_transform(group, 0, advance=False)
+            structure, _ = layout_of(self._transform_at(group, 0, advance=False))
             for p in group["params"]:
                 d = self.state.get(p)
                 if d and "step" in d:
                     d["step"] = int(d["step"])
-                    d["structure"] = repr(t.structure())
+                    d["structure"] = structure
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ An ablation is one line: Adam without its second moment is
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -172,8 +173,10 @@ def adamw(
     ``eta_t = lr_t / lr_peak`` the schedule multiplier (1 for a constant learning rate), so the
     decay is independent of the base learning rate: its best value no longer moves along a
     diagonal when the learning rate changes. ``lr_peak`` defaults to the schedule's ``peak``
-    attribute (ravine schedules have one) or the constant learning rate; typical values of
-    ``weight_decay`` are then ~1e-4, not 1e-2.
+    attribute (ravine schedules have one) or the constant learning rate; in
+    :class:`ravine.optim.Optimizer`, to the peak of the param group's learning rate (its ravine
+    schedule's, or a torch scheduler's ``initial_lr``). Typical values of ``weight_decay`` are then
+    ~1e-4, not 1e-2.
 
     ``mask`` selects the parameters to decay (exclude biases and norm weights).
     """
@@ -182,6 +185,9 @@ def adamw(
     if decay_convention == "torch":
         return chain(direction, add_decayed_weights(weight_decay, mask), scale_by_learning_rate(lr))
     check_hyper("weight_decay", weight_decay, where="adamw: ")
+    # left None, the peak is the learning rate's own; a torch optimizer knows better (its groups'
+    # schedules and scheduler): say so, and it passes its value (see Transform.needs)
+    needs = frozenset({"lr_peak"}) if lr_peak is None else frozenset()
     if lr_peak is None:
         lr_peak = getattr(lr, "peak", None) if callable(lr) else lr
     if callable(lr) and lr_peak is None:
@@ -195,11 +201,8 @@ def adamw(
     decay = _DecayMultiplier(lr, peak, weight_decay) if (callable(lr) or callable(weight_decay)) else (
         weight_decay * lr / peak
     )
-    return chain(
-        direction,
-        scale_by_learning_rate(lr),
-        add_decayed_weights(decay, mask, convention="decoupled"),
-    )
+    t = chain(direction, scale_by_learning_rate(lr), add_decayed_weights(decay, mask, convention="decoupled"))
+    return dataclasses.replace(t, needs=needs)
 
 
 @transform(static=("bias_correction", "amsgrad"))

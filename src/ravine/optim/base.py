@@ -72,6 +72,14 @@ class Transform:
     static: frozenset[str] = frozenset()
     # the components of a chain (empty for a primitive): what ``structure`` describes.
     parts: tuple[Transform, ...] = ()
+    # a primitive whose math is elementwise (or a reduction over all coordinates), so that it
+    # computes the same on flat buffers (see ravine.optim.fused); ``compilable``: and it traces into
+    # one graph (no branch on data).
+    fusable: bool = False
+    compilable: bool = False
+    # hyperparameters that, left ``None``, the torch adapter fills with a value of the param group
+    # that only it knows ("lr_peak": where the group's learning rate peaks).
+    needs: frozenset[str] = frozenset()
 
     def structure(self) -> tuple:
         """What fixes the state layout: component names and structural options, recursively."""
@@ -104,11 +112,17 @@ def _short(v: Any) -> str:
     return repr(v)
 
 
-def transform(*, static: Sequence[str] = ()) -> Callable[[Callable[..., Transform]], Callable[..., Transform]]:
+def transform(
+    *, static: Sequence[str] = (), fusable: bool = False, compilable: bool | None = None
+) -> Callable[[Callable[..., Transform]], Callable[..., Transform]]:
     """Decorator for transform factories: records the call's arguments as ``hyperparams``.
 
     The wrapped factory's signature is the hyperparameter list; calling ``with_hyperparams`` calls
-    the factory again with updated values.
+    the factory again with updated values. ``static`` names the hyperparameters that are structure
+    (forms, masks), not numbers. A primitive declares here whether the fused path may run it:
+    ``fusable=True`` when its math is elementwise (or a reduction over all coordinates), so that it
+    computes the same on one flat buffer as on a list of tensors; ``compilable`` (default: as
+    ``fusable``) when it also traces into one ``torch.compile`` graph (no Python branch on data).
     """
 
     def wrap(fn: Callable[..., Transform]) -> Callable[..., Transform]:
@@ -126,7 +140,14 @@ def transform(*, static: Sequence[str] = ()) -> Callable[[Callable[..., Transfor
             # a named chain keeps the structural names of its parts that it exposes itself
             inner = {k for k in hp if k in t.static}
             return dataclasses.replace(
-                t, name=fn.__name__, hyperparams=hp, factory=build, static=frozenset(static) | inner
+                t,
+                name=fn.__name__,
+                hyperparams=hp,
+                factory=build,
+                static=frozenset(static) | inner,
+                fusable=fusable,
+                compilable=fusable if compilable is None else compilable,
+                needs=frozenset(k for k in hp if k in t.needs),
             )
 
         build.hyperparam_names = tuple(sig.parameters)  # type: ignore[attr-defined]
@@ -214,6 +235,22 @@ def zeros_like(params: Params) -> Params:
     return [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
 
 
+def tensor_norms(xs: Params) -> Tensor:
+    """The 2-norm of each tensor, stacked into one vector (on the first tensor's device).
+
+    The one gradient pass that both the clip norm and the finiteness check read: a tensor holds an
+    inf or a nan exactly when its norm is not finite (or, for huge finite values, overflows).
+    """
+    norms = torch._foreach_norm(xs, 2.0)
+    return torch.stack([n.to(norms[0].device) for n in norms])
+
+
+def global_norm(xs: Params) -> Tensor:
+    """``sqrt(sum_i ||x_i||^2)`` as ``torch.nn.utils.clip_grad_norm_`` computes it: the norm of the
+    per-tensor norms."""
+    return torch.linalg.vector_norm(tensor_norms(xs), 2.0)
+
+
 # --------------------------------------------------------------------------------------------
 # chain and application
 
@@ -285,7 +322,8 @@ def chain(*transforms: Transform) -> Transform:
         return chain(*rebuilt)
 
     static = frozenset(k for t, km in zip(parts, keymaps) for k, own in km.items() if own in t.static)
-    return Transform(init, update, "chain", merged, factory, static, tuple(parts))
+    needs = frozenset(k for t, km in zip(parts, keymaps) for k, own in km.items() if own in t.needs)
+    return Transform(init, update, "chain", merged, factory, static, tuple(parts), needs=needs)
 
 
 def chain_info(state: State) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from .base import (
     Transform,
     add_,
     addcmul_,
+    global_norm,
     lerp_,
     mul_,
     power,
@@ -65,13 +66,13 @@ def _need_params(name: str, params: Params | None) -> Params:
     return params
 
 
-@transform()
+@transform(fusable=True)
 def identity() -> Transform:
     """``u = g``."""
     return Transform(*_stateless(lambda u, step, p: u))
 
 
-@transform()
+@transform(fusable=True)
 def scale(factor: Hyper) -> Transform:
     """``u = factor * g``."""
     check_hyper("factor", factor, where="scale: ")
@@ -83,7 +84,7 @@ def scale(factor: Hyper) -> Transform:
     return Transform(*_stateless(apply))
 
 
-@transform()
+@transform(fusable=True)
 def scale_by_learning_rate(lr: Hyper, flip_sign: bool = True) -> Transform:
     """``u = -lr_t * g`` (``+lr_t`` with ``flip_sign=False``); ``lr_t = lr(t-1)`` for a schedule."""
     check_hyper("lr", lr, where="scale_by_learning_rate: ")
@@ -96,7 +97,7 @@ def scale_by_learning_rate(lr: Hyper, flip_sign: bool = True) -> Transform:
     return Transform(*_stateless(apply))
 
 
-@transform(static=("schedule",))
+@transform(static=("schedule",), fusable=True)
 def scale_by_schedule(schedule: Callable[[int], float]) -> Transform:
     """``u = schedule(t-1) * g``: a multiplier that follows the step (warmup, decay...)."""
     if not callable(schedule):
@@ -109,7 +110,7 @@ def scale_by_schedule(schedule: Callable[[int], float]) -> Transform:
     return Transform(*_stateless(apply))
 
 
-@transform(static=("form", "nesterov"))
+@transform(static=("form", "nesterov"), fusable=True)
 def trace(beta: Hyper = 0.9, form: str = "ema", dampening: Hyper = 0.0, nesterov: bool = False) -> Transform:
     """Momentum: a velocity that accumulates the incoming updates.
 
@@ -165,7 +166,7 @@ def trace(beta: Hyper = 0.9, form: str = "ema", dampening: Hyper = 0.0, nesterov
     return Transform(init, update)
 
 
-@transform(static=("centered",))
+@transform(static=("centered",), fusable=True)
 def scale_by_rms(beta: Hyper = 0.999, eps: Hyper = 1e-8, centered: bool = False) -> Transform:
     """RMSProp's preconditioner: divide each coordinate by its running RMS.
 
@@ -214,7 +215,7 @@ def _add_scalar_(xs: Params, s: float | Tensor) -> None:
             x.add_(s)
 
 
-@transform(static=("bias_correction", "amsgrad"))
+@transform(static=("bias_correction", "amsgrad"), fusable=True)
 def scale_by_adam(
     b1: Hyper = 0.9,
     b2: Hyper = 0.999,
@@ -275,7 +276,7 @@ def scale_by_adam(
     return Transform(init, update)
 
 
-@transform()
+@transform(fusable=True)
 def scale_by_rss(eps: Hyper = 1e-10, initial_accumulator_value: float = 0.0) -> Transform:
     """Adagrad's preconditioner: ``s = s + g^2``, ``u = g / (sqrt(s) + eps)``.
 
@@ -313,7 +314,7 @@ def _mask_list(mask: Any, params: Params, where: str) -> list[bool]:
     return [bool(x) for x in m]
 
 
-@transform(static=("mask", "convention"))
+@transform(static=("mask", "convention"), fusable=True)
 def add_decayed_weights(
     weight_decay: Hyper = 0.0,
     mask: Sequence[bool] | Callable[[Params], Sequence[bool]] | None = None,
@@ -358,7 +359,7 @@ def _add_weights(weight_decay: Hyper, mask: Any, sign: float, where: str) -> Tra
     return Transform(*_stateless(apply))
 
 
-@transform(static=("mask",))
+@transform(static=("mask",), fusable=True)
 def add_l2(
     weight_decay: Hyper = 0.0,
     mask: Sequence[bool] | Callable[[Params], Sequence[bool]] | None = None,
@@ -378,22 +379,28 @@ def _global_norm(u: Params, per_row: bool) -> Tensor:
     if per_row:
         total = sum(x.reshape(x.shape[0], -1).square().sum(dim=1, keepdim=True) for x in u)
         return total.sqrt()
-    # torch.nn.utils.clip_grad_norm_'s arithmetic: norm of the per-tensor norms.
-    norms = torch._foreach_norm(u, 2.0)
-    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]), 2.0)
+    return global_norm(u)
 
 
-@transform(static=("per_row",))
-def clip_by_global_norm(max_norm: Hyper = 1.0, per_row: bool = False) -> Transform:
+@transform(static=("per_row", "per_group"), fusable=True)
+def clip_by_global_norm(max_norm: Hyper = 1.0, per_row: bool = False, per_group: bool = False) -> Transform:
     """Rescale all updates together when their global norm exceeds ``max_norm``.
 
     ``n = sqrt(sum_i ||g_i||^2)``; ``u = g * min(1, max_norm / (n + 1e-6))`` exactly as
     ``torch.nn.utils.clip_grad_norm_``. Direction is kept, only the step length is capped: the
     standard cure for the rare huge gradients of recurrent nets and early transformer training.
 
-    ``per_row=True`` treats dim 0 of every tensor as independent problems (rows of a batched 2D
-    simulation): one norm per row. After each update the state holds ``norm`` (the pre-clip
-    norm) and ``clipped`` (whether it clipped), for logging.
+    Which norm: called directly (``update`` on one list of tensors), the norm of that list. Inside
+    :class:`ravine.optim.Optimizer`, the norm of the gradients of *all* param groups, as
+    ``clip_grad_norm_(model.parameters())``: the clip must then come first in the chain (it clips
+    the gradient) unless there is one param group. ``per_group=True`` clips each param group by its
+    own norm instead. ``per_row=True`` treats dim 0 of every tensor as independent problems (rows
+    of a batched 2D simulation): one norm per row.
+
+    After each update the state holds ``norm`` (``n``, before clipping), ``clipped_norm`` (the norm
+    after it, ``n * min(1, max_norm / (n + 1e-6))``) and ``clipped`` (whether it clipped), for
+    logging. The optimizer supplies its norm as the state's ``total_norm``, an input the update does
+    not return.
     """
     where = "clip_by_global_norm: "
     check_hyper("max_norm", max_norm, where=where)
@@ -406,7 +413,9 @@ def clip_by_global_norm(max_norm: Hyper = 1.0, per_row: bool = False) -> Transfo
         mx = resolve(max_norm, step)
         if not u:
             return u, {"step": step + 1}
-        n = _global_norm(u, per_row)
+        n = state.get("total_norm")
+        if n is None:
+            n = _global_norm(u, per_row)
         coef = torch.clamp(mx / (n + 1e-6), max=1.0)
         clipped = n > mx
         # clip_grad_norm_ always multiplies by the clamped coefficient (compiled code does too). On CPU,
@@ -417,12 +426,12 @@ def clip_by_global_norm(max_norm: Hyper = 1.0, per_row: bool = False) -> Transfo
                     x.mul_(coef.reshape(coef.shape[0], *([1] * (x.dim() - 1))).to(x.dtype))
             else:
                 torch._foreach_mul_(u, coef.to(u[0].dtype))
-        return u, {"step": step + 1, "norm": n, "clipped": clipped}
+        return u, {"step": step + 1, "norm": n, "clipped_norm": n * coef, "clipped": clipped}
 
     return Transform(init, update)
 
 
-@transform()
+@transform(fusable=True, compilable=False)
 def clip_by_value(clip: Hyper = 1.0) -> Transform:
     """Clamp each coordinate: ``u = clamp(g, -clip, clip)`` (``torch.nn.utils.clip_grad_value_``).
 
