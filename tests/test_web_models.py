@@ -17,7 +17,7 @@ import ravine.optim as ro
 from ravine._validation import Interval
 from ravine.web import create_app
 from ravine.web.app import LRUCache
-from ravine.web.models import CLIP_MAX, HYPERPARAMS, narrow, settable_hyperparams
+from ravine.web.models import CLIP_MAX, HYPERPARAMS, ClipSpec, TrajectoryRequest, narrow, settable_hyperparams
 
 
 def _inside_ends(interval: Interval) -> list[float]:
@@ -148,3 +148,27 @@ def test_lru_cache_evicts_the_least_recently_used():
     off: LRUCache[int] = LRUCache(0)
     off.put("a", 1)
     assert off.get("a") is None
+
+
+def _field_extremes(model, name: str) -> list[float]:
+    """The smallest and largest value a pydantic field's bounds allow (next to an open end)."""
+    out = []
+    for bound in model.model_fields[name].metadata:
+        for key, pick in (("ge", None), ("le", None), ("gt", math.inf), ("lt", -math.inf)):
+            value = getattr(bound, key, None)
+            if value is not None:
+                out.append(value if pick is None else math.nextafter(value, pick))
+    return out
+
+
+@pytest.mark.parametrize("name", ["steps", "noise", "seed", "tol", "batch_size"])
+def test_every_run_bound_of_a_request_is_accepted_by_ravine_simulate(client, name):
+    base = {"surface": {"name": "bowl"}, "steps": 3, "optimizers": [{"name": "gd", "hyperparams": {"lr": 0.1}}]}
+    extremes = _field_extremes(TrajectoryRequest, name)
+    assert len(extremes) == 2
+    for value in extremes:
+        r = client.post("/api/trajectories", json={**base, name: value})
+        assert r.status_code == 200, r.text  # a value the library refused would be a 422 naming it
+    for kind, value in itertools.product(("norm", "value"), _field_extremes(ClipSpec, "max")):
+        r = client.post("/api/trajectories", json={**base, "clip": {"kind": kind, "max": value}})
+        assert r.status_code == 200, r.text
