@@ -144,7 +144,7 @@ def test_sweep_cells_equal_runs_alone_with_noise_and_adam():
 
 
 def test_recorded_trajectories_equal_the_step_by_step_engine_on_a_saddle():
-    """run() scans its record after the loop; sweep() keeps the step-by-step bookkeeping. Same numbers,
+    """run() books its whole record at once; sweep() reads its record a block of steps at a time. Same numbers,
     here with the gradient-norm criterion (no known minimum), value clipping, noise and diverging rows."""
     s = rs.get("saddle")
     lrs = [0.05, 0.4, 1.5]
@@ -181,6 +181,52 @@ def test_gd_diverges_exactly_beyond_two_over_lambda_max():
         r = abs(1 - edge * factors[j] * kappa)
         k = math.ceil(math.log(sim.DIVERGENCE_FACTOR * (y_hi - y_lo) / abs(y0)) / math.log(r))
         assert abs(int(sw.diverged_at[0, j]) - k) <= 1
+
+
+def _gd_on_the_valley(kappa, lrs, steps, tol, s):
+    """Closed form of GD on f = (x^2 + kappa y^2) / 2: x_k = (1 - lr)^k x0, y_k = (1 - lr kappa)^k y0; the
+    first step beyond DIVERGENCE_FACTOR times the domain from its centre, the first step within tol."""
+    (x_lo, x_hi), (y_lo, y_hi) = s.domain
+    k = np.arange(steps + 1)[:, None]
+    x = (1 - lrs) ** k * s.start[0]
+    y = (1 - lrs * kappa) ** k * s.start[1]
+    far = (np.abs(x - (x_lo + x_hi) / 2) > sim.DIVERGENCE_FACTOR * (x_hi - x_lo)) | (
+        np.abs(y - (y_lo + y_hi) / 2) > sim.DIVERGENCE_FACTOR * (y_hi - y_lo))
+    diverged_at = np.where(far.any(0), far.argmax(0), -1)
+    loss = 0.5 * (x * x + kappa * y * y)
+    live = k < np.where(diverged_at >= 0, diverged_at, steps + 1)
+    hit = (loss <= tol) & live
+    return diverged_at, np.where(hit.any(0), hit.argmax(0), -1), loss[-1]
+
+
+@pytest.mark.parametrize("block_cells", [None, 1, 18])  # the whole run at once; blocks of 1 and of 3 steps
+def test_sweep_read_in_blocks_matches_the_closed_form_gd_iteration(monkeypatch, block_cells):
+    if block_cells is not None:
+        monkeypatch.setattr(sim, "_BLOCK_CELLS", block_cells)
+    kappa, steps, tol = 25.0, 200, 1e-8
+    s = rs.get("valley", condition=kappa)
+    lrs = 2.0 / kappa * np.array([0.5, 0.9, 0.98, 1.02, 1.1, 1.5])
+    sw = sim.sweep(s, "sgd", x=("lr", lrs), y=("momentum", [0.0]), steps=steps, tol=tol)
+    diverged_at, steps_to_tol, final = _gd_on_the_valley(kappa, lrs, steps, tol, s)
+    assert (diverged_at >= 0).any() and (steps_to_tol >= 0).any() and (diverged_at < 0).any()
+    np.testing.assert_array_equal(sw.diverged_at[0], diverged_at)
+    np.testing.assert_array_equal(sw.steps_to_tol[0], steps_to_tol)
+    np.testing.assert_allclose(sw.final_loss[0], np.where(diverged_at >= 0, np.nan, final), rtol=1e-9, atol=1e-300)
+
+
+@pytest.mark.parametrize("tol", [1.0, 10.0])
+def test_zero_steps_on_a_surface_without_a_known_minimum(tol):
+    """No update: the record is the start, and steps_to_tol is 0 exactly when |grad f(start)| <= tol."""
+    s = rs.get("saddle")  # f = x^2 - y^2, grad = (2x, -2y)
+    start = (1.5, -2.0)
+    expected = 0 if math.hypot(2 * start[0], -2 * start[1]) <= tol else -1
+    tr = sim.run(s, ["gd", "adam"], start=start, steps=0, tol=tol)
+    assert tr.positions.shape == (2, 1, 2) and tr.grad_norms.shape == (2, 0)
+    np.testing.assert_array_equal(tr.positions[:, 0], [start, start])
+    assert list(tr.steps_to_tol) == [expected, expected] and list(tr.diverged_at) == [-1, -1]
+    sw = sim.sweep(s, "sgd", x=("lr", [0.1, 0.2]), y=("momentum", [0.0]), start=start, steps=0, tol=tol)
+    assert (sw.steps_to_tol == expected).all()
+    np.testing.assert_array_equal(sw.final_loss, [[start[0] ** 2 - start[1] ** 2] * 2])
 
 
 def _heavy_ball_stable(lr_h, beta):
@@ -322,9 +368,9 @@ def test_bad_arguments_name_what_is_allowed():
         sim.run("bowl", [{"name": "adam", "momentum": 0.9}])
     with pytest.raises(ValueError, match="beta"):
         sim.run("bowl", [{"name": "momentum", "beta": 1.5}])
-    with pytest.raises(ValueError, match=r"steps must be an int in \[0, "):
+    with pytest.raises(ValueError, match=r"steps must be an integer in \[0, "):
         sim.run("bowl", ["gd"], steps=-1)
-    with pytest.raises(ValueError, match="clip\\['kind'\\] must be 'norm' or 'value'"):
+    with pytest.raises(ValueError, match="clip\\['kind'\\] must be one of 'norm', 'value', got 'l1'"):
         sim.run("bowl", ["gd"], clip={"kind": "l1", "max": 1.0})
     with pytest.raises(ValueError, match=r"start must be \(x, y\)"):
         sim.run("bowl", ["gd"], start=[1.0, 2.0, 3.0])
@@ -338,3 +384,25 @@ def test_bad_arguments_name_what_is_allowed():
         sim.sweep("bowl", "momentum", x=("lr", [0.1]), y=("beta", [0.5]), fixed={"lr": 0.1})
     with pytest.raises(ValueError, match="seed must be an int or a list of 2 ints"):
         sim.run("bowl", ["gd", "adam"], seed=[1, 2, 3])
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: sim.run("bowl", ["gd"], noise=-0.5), ValueError, r"noise must be in \[0, inf\], got -0.5"),
+        (lambda: sim.run("bowl", ["gd"], tol="small"), TypeError, r"tol must be a number in \[0, inf\], got str"),
+        (lambda: sim.run("bowl", ["gd"], steps=True), TypeError, r"steps must be an integer in \[0, 1000000\]"),
+        (lambda: sim.run("bowl", ["gd"], steps=2.5), ValueError, r"steps must be an integer in \[0, \d+\], got 2.5$"),
+        (lambda: sim.run("bowl", ["gd"], batch_size=0), ValueError, r"batch_size must be an integer in \[1, "),
+        (lambda: sim.run("bowl", []), ValueError, r"len\(optimizers\) must be an integer in \[1, 1024\], got 0"),
+        (lambda: sim.run("bowl", ["gd"], clip={"kind": "norm", "max": 0}), ValueError,
+         r"clip\['max'\] must be in \(0, inf\], got 0"),
+        (lambda: sim.sweep("bowl", "lion"), ValueError, r"optimizer must be one of 'gd', 'sgd', .*, got 'lion'"),
+        (lambda: sim.sweep("bowl", "sgd", x=("lr", []), y=("momentum", [0.5])), ValueError,
+         r"x: number of values must be an integer in \[1, 1024\], got 0"),
+        (lambda: sim.sweep("bowl", "momentum", seed=1.5), ValueError, r"seed must be an integer in \["),
+    ],
+)
+def test_argument_checks_say_what_is_allowed(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

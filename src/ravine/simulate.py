@@ -5,11 +5,11 @@ Nothing here implements an update rule. Every step is taken by a transform of :m
 differ between rows given as tensors of shape ``(R, 1)``. A whole sweep of 4096 ``(lr, beta)`` pairs is then
 one ``(4096, 2)`` tensor stepped by one transform: no Python loop over configurations.
 
-One step ``k`` (``k = 0 .. steps-1``) for every live row::
+One step ``k`` (``k = 0 .. steps-1``) for every row::
 
     g_k    = grad f(xy_k) + sigma * xi_k          # xi_k ~ N(0, I), sigma = noise / sqrt(batch_size)
     u_k    = transform.update([g_k], state)       # clip -> optimizer -> schedule multiplier
-    xy_k+1 = xy_k + u_k                           # ravine.optim.apply_updates's arithmetic, masked per row
+    xy_k+1 = xy_k + u_k                           # ravine.optim.apply_updates's arithmetic
 
 Conventions and choices (documented here once):
 
@@ -19,7 +19,10 @@ Conventions and choices (documented here once):
 - Divergence: a row whose loss is not finite, or whose position is not finite or lies more than
   :data:`DIVERGENCE_FACTOR` times the domain's width (height) from the domain's centre, is marked diverged
   at that step ``k`` (``diverged_at = k``, the index into ``positions``) and frozen there: its position and
-  loss stay at their step-``k`` values, its gradient norms become NaN, and the other rows continue.
+  loss stay at their step-``k`` values, its gradient norms become NaN, and the other rows continue. :func:`run`
+  and :func:`sweep` share one engine, which steps every row and reads divergence, the freeze and the
+  tolerance off its record of the steps (rows are independent, so a diverged row stepping on changes
+  nothing else).
 - Noise (SGD emulation): Gaussian noise of standard deviation ``noise / sqrt(batch_size)`` added to the exact
   gradient. With an ``int`` seed all rows share one noise sequence (common random numbers: the differences
   between runs come from the optimizers, not from luck, and a sweep cell equals the same configuration run
@@ -48,15 +51,19 @@ import numpy as np
 import torch
 
 import ravine.optim as ro
+import ravine.schedules as rsch
+from ravine._validation import Interval, Options, check
 from ravine.surfaces import Surface
 from ravine.surfaces import get as get_surface
 
 __all__ = ["Trajectories", "Sweep", "run", "sweep", "DIVERGENCE_FACTOR", "MAX_STEPS", "MAX_RUNS"]
 
-#: A run is diverged once it is this many domain widths (heights) away from the domain's centre.
 DIVERGENCE_FACTOR = 1e3
+"""A run is diverged once it is this many domain widths (heights) away from the domain's centre."""
 MAX_STEPS = 1_000_000
+"""The most steps one :func:`run` or :func:`sweep` takes."""
 MAX_RUNS = 1 << 20
+"""The most cells of one :func:`sweep`."""
 
 OptimizerSpec = str | dict[str, Any] | ro.Transform
 
@@ -206,23 +213,18 @@ class Sweep:
         }
 
 
-# ----------------------------------------------------------------------------------------------- checks
-def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= int(value) <= hi:
-        raise ValueError(f"{name} must be an int in [{lo}, {hi}], got {value!r}")
-    return int(value)
+# ----------------------------------------------------------------------------------------------- arguments
+_STEPS = Interval(int, 0, MAX_STEPS)
+_NONNEGATIVE = Interval(float, 0, None)
+_BATCH_SIZE = Interval(int, 1, 1 << 40)
+_SEED = Interval(int, -(1 << 63), (1 << 63) - 1)
+_RUN_COUNT = Interval(int, 1, 1024)  # optimizers of one run, values of one sweep axis
+_GRID_CELLS = Interval(int, 1, MAX_RUNS)
+_CLIP_KIND = Options(("norm", "value"))
+_CLIP_MAX = Interval(float, 0, None, closed="right")
 
 
-def _check_float(name: str, value: Any, lo: float, hi: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
-    v = float(value)
-    if not (lo <= v <= hi):
-        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
-    return v
-
-
-def _surface(surface: Surface | str) -> Surface:
+def _as_surface(surface: Surface | str) -> Surface:
     if isinstance(surface, Surface):
         return surface
     if isinstance(surface, str):
@@ -243,72 +245,93 @@ def _starts(surface: Surface, start: Any, rows: int, dtype: torch.dtype, device:
     return s.clone()
 
 
-def _schedule_multiplier(schedule: Any, steps: int) -> Callable[[int], float] | None:
-    """``m(t) = s(t) / peak`` for a schedule spec (see the module docstring), or None."""
-    if schedule is None:
-        return None
-    if isinstance(schedule, dict):
-        spec = dict(schedule)
-        name = spec.pop("name", None)
-        if not isinstance(name, str):
-            raise ValueError(f"schedule must have a 'name' (a ravine.schedules name), got {schedule!r}")
-        try:
-            import ravine.schedules as rsch
-        except ImportError as exc:  # pragma: no cover - the schedules layer ships with ravine
-            raise ValueError(f"schedule {name!r} needs ravine.schedules, which is not importable: {exc}") from None
-        known = {p.name for p in rsch.parameters(name)} if name in rsch.names() else set()
-        if "peak" in known:  # the multiplier is normalised by the peak anyway
-            spec.setdefault("peak", 1.0)
-        if "total_steps" in known:  # a decay over the whole run unless told otherwise
-            spec.setdefault("total_steps", max(steps, 1))
-        try:
-            fn = rsch.get(name, **spec)
-        except TypeError as exc:
-            raise ValueError(f"schedule: {exc}") from None
-    elif callable(schedule):
-        fn = schedule
-    else:
+def _noise_std(noise: float, batch_size: int | None) -> float:
+    """``sigma = noise / sqrt(batch_size)``: the noise of a mean over ``batch_size`` samples."""
+    return noise / math.sqrt(batch_size) if batch_size else noise
+
+
+@dataclass(frozen=True)
+class _Multiplier:
+    """``m(t) = s(t) / peak``: a schedule as a learning-rate multiplier, tabulated over the run's steps."""
+
+    schedule: Callable[[int], float]
+    peak: float
+    table: list[float]
+
+    def __call__(self, step: int) -> float:
+        return self.table[step] if step < len(self.table) else float(self.schedule(step)) / self.peak
+
+
+def _schedule_function(schedule: Any, steps: int) -> Callable[[int], float]:
+    """A callable as it is; a dict ``{"name": ..., **params}`` through :func:`ravine.schedules.get`."""
+    if callable(schedule):
+        return schedule
+    if not isinstance(schedule, dict):
         raise TypeError(
             "schedule must be None, a dict {'name': ..., **params} of ravine.schedules, or a callable "
             f"step -> float, got {type(schedule).__name__}"
         )
+    params = dict(schedule)
+    name = params.pop("name", None)
+    if not isinstance(name, str):
+        raise ValueError(f"schedule must have a 'name' (a ravine.schedules name), got {schedule!r}")
+    known = {p.name for p in rsch.parameters(name)} if name in rsch.names() else set()
+    if "peak" in known:  # the multiplier is normalised by the peak anyway
+        params.setdefault("peak", 1.0)
+    if "total_steps" in known:  # a decay over the whole run unless told otherwise
+        params.setdefault("total_steps", max(steps, 1))
+    try:
+        return rsch.get(name, **params)
+    except TypeError as exc:
+        raise ValueError(f"schedule: {exc}") from None
+
+
+def _multiplier(schedule: Any, steps: int) -> _Multiplier | None:
+    """The multiplier of a schedule argument (see the module docstring), or None for no schedule."""
+    if schedule is None:
+        return None
+    fn = _schedule_function(schedule, steps)
     peak = getattr(fn, "peak", None)
     if not isinstance(peak, (int, float)) or isinstance(peak, bool) or not math.isfinite(peak) or peak <= 0:
-        values = [float(fn(t)) for t in range(steps)] if steps else [1.0]
-        peak = max(values)
+        peak = max([float(fn(t)) for t in range(steps)] if steps else [1.0])
         if not math.isfinite(peak) or peak <= 0:
             raise ValueError(f"schedule must have a positive finite maximum over the run, got {peak!r}")
     peak = float(peak)
     table = [float(fn(t)) / peak for t in range(steps)]
     if any(not math.isfinite(v) or v < 0 for v in table):
         raise ValueError("schedule must return finite values >= 0 at every step")
-
-    def multiplier(step: int) -> float:
-        return table[step] if step < len(table) else float(fn(step)) / peak
-
-    multiplier.table = table  # type: ignore[attr-defined]
-    return multiplier
+    return _Multiplier(fn, peak, table)
 
 
-def _clip_transform(clip: Any) -> tuple[ro.Transform | None, str, float]:
+@dataclass(frozen=True)
+class _Clip:
+    """``clip={"kind": ..., "max": ...}``: the transform that goes first in every chain, and what it clips."""
+
+    transform: ro.Transform
+    kind: str
+    max: float
+
+    def hits(self, g: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+        """Which rows the transform changes: their norm (``kind="norm"``) or a coordinate is above ``max``."""
+        return norm > self.max if self.kind == "norm" else (g.abs() > self.max).any(-1)
+
+
+def _parse_clip(clip: Any) -> _Clip | None:
     if clip is None:
-        return None, "", 0.0
-    if not isinstance(clip, dict) or set(clip) - {"kind", "max"} or "kind" not in clip or "max" not in clip:
+        return None
+    if not isinstance(clip, dict) or set(clip) != {"kind", "max"}:
         raise ValueError(f"clip must be None or {{'kind': 'norm'|'value', 'max': float}}, got {clip!r}")
-    kind = clip["kind"]
-    mx = _check_float("clip['max']", clip["max"], 0.0)
-    if mx <= 0:
-        raise ValueError(f"clip['max'] must be > 0, got {clip['max']!r}")
-    if kind == "norm":
-        return ro.clip_by_global_norm(mx, per_row=True), kind, mx
-    if kind == "value":
-        return ro.clip_by_value(mx), kind, mx
-    raise ValueError(f"clip['kind'] must be 'norm' or 'value', got {kind!r}")
+    kind = check("clip['kind']", clip["kind"], _CLIP_KIND)
+    max_ = check("clip['max']", clip["max"], _CLIP_MAX)
+    transform = ro.clip_by_global_norm(max_, per_row=True) if kind == "norm" else ro.clip_by_value(max_)
+    return _Clip(transform, kind, max_)
 
 
 # ----------------------------------------------------------------------------------------------- specs
 @dataclass
 class _Spec:
+    """One optimizer configuration of :func:`run`, parsed and checked."""
+
     label: str
     name: str | None  # named optimizer, or None for a Transform object
     hyper: dict[str, Any]  # hyperparameters given (lr filled in from the surface when missing)
@@ -321,7 +344,7 @@ class _Spec:
         )
         return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else math.nan
 
-    def group_key(self) -> tuple | None:
+    def batch_key(self) -> tuple | None:
         """Specs with equal keys can share one batched transform (only their numeric values differ)."""
         if self.name is None:
             return None
@@ -330,7 +353,7 @@ class _Spec:
         return (self.name, tuple(sorted(numeric)), static)
 
 
-def _fmt(v: Any) -> str:
+def _format_value(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
@@ -358,12 +381,20 @@ def _parse_spec(spec: OptimizerSpec, surface: Surface, index: int) -> _Spec:
         spec = {"lr": surface.default_lr(name, **spec), **spec}
     if label is None:
         shown = {"lr": spec["lr"], **given}
-        label = name + " " + " ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
+        label = name + " " + " ".join(f"{k}={_format_value(v)}" for k, v in shown.items())
     ro.get(name, **spec)  # validate every value now, with ravine.optim's messages
     return _Spec(label=str(label), name=name, hyper=spec)
 
 
-def _group_transform(specs: list[_Spec], dtype: torch.dtype, device: torch.device) -> ro.Transform:
+@dataclass(frozen=True)
+class _Batch:
+    """Consecutive rows stepped by one transform (several specs of one optimizer, or a single spec)."""
+
+    transform: ro.Transform
+    rows: int
+
+
+def _batched_transform(specs: list[_Spec], dtype: torch.dtype, device: torch.device) -> ro.Transform:
     """One transform for specs of the same optimizer: differing numeric hyperparameters become (G, 1)."""
     first = specs[0]
     if first.name is None:
@@ -381,195 +412,236 @@ def _group_transform(specs: list[_Spec], dtype: torch.dtype, device: torch.devic
     return ro.get(first.name, **hyper)
 
 
+def _batch(specs: list[_Spec], dtype: torch.dtype, device: torch.device) -> tuple[list[_Batch], list[int]]:
+    """Specs that can share a batched transform, as batches, and the order of their rows (spec indices)."""
+    shared: dict[tuple, list[int]] = {}
+    alone: list[list[int]] = []
+    for i, s in enumerate(specs):
+        key = s.batch_key()
+        if key is None:
+            alone.append([i])
+        else:
+            shared.setdefault(key, []).append(i)
+    batches, order = [], []
+    for members in [*shared.values(), *alone]:
+        batches.append(_Batch(_batched_transform([specs[i] for i in members], dtype, device), len(members)))
+        order.extend(members)
+    return batches, order
+
+
 # ----------------------------------------------------------------------------------------------- engine
+#: How many (step, row) cells of record a sweep keeps at once: it reads and reuses its record in blocks of
+#: steps, so its memory does not grow with ``steps``.
+_BLOCK_CELLS = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What the engine steps, besides the starting points (rows grouped batch by batch)."""
+
+    surface: Surface
+    batches: list[_Batch]
+    steps: int
+    noise_std: float
+    seeds: int | list[int]  # one generator shared by all rows, or one per row (in row order)
+    clip: _Clip | None
+    multiplier: _Multiplier | None
+    tol: float
+
+
 @dataclass
 class _Outcome:
-    positions: torch.Tensor | None  # (steps+1, R, 2)
-    losses: torch.Tensor | None  # (steps+1, R)
-    grad_norms: torch.Tensor | None  # (steps, R)
-    clipped: torch.Tensor | None  # (steps, R)
-    final_xy: torch.Tensor  # (R, 2)
-    final_loss: torch.Tensor  # (R,)
-    diverged_at: torch.Tensor  # (R,)
-    steps_to_tol: torch.Tensor  # (R,)
+    """What the engine returns; the per-step arrays (step first, row second) only when recorded."""
+
+    diverged_at: torch.Tensor  # (R,), -1 for never
+    steps_to_tol: torch.Tensor  # (R,), -1 for never
+    final_loss: torch.Tensor  # (R,), NaN where diverged
+    positions: torch.Tensor | None = None  # (steps+1, R, 2)
+    losses: torch.Tensor | None = None  # (steps+1, R)
+    grad_norms: torch.Tensor | None = None  # (steps, R)
+    clipped: torch.Tensor | None = None  # (steps, R)
 
 
-def _engine(
-    surface: Surface,
-    groups: list[tuple[ro.Transform, int]],
-    xy0: torch.Tensor,
-    steps: int,
-    sigma: float,
-    seeds: int | list[int],
-    clip: tuple[ro.Transform | None, str, float],
-    multiplier: Callable[[int], float] | None,
-    tol: float,
-    record: bool,
-) -> _Outcome:
-    """Step ``groups`` (transform, number of rows) over the rows of ``xy0`` (grouped contiguously)."""
-    dtype, device = xy0.dtype, xy0.device
-    R = xy0.shape[0]
-    clip_t, clip_kind, clip_max = clip
-    transforms = []
-    for t, _ in groups:
-        parts = ([clip_t] if clip_t is not None else []) + [t]
-        if multiplier is not None:
-            parts.append(ro.scale_by_schedule(multiplier))
-        transforms.append(ro.chain(*parts) if len(parts) > 1 else t)
-    bounds = [0]
-    for _, n in groups:
-        bounds.append(bounds[-1] + n)
-    xys = [xy0[a:b].clone() for a, b in zip(bounds[:-1], bounds[1:])]
-    states = [t.init([x]) for t, x in zip(transforms, xys)]
+class _Noise:
+    """``g + sigma * xi_k`` with ``xi_k ~ N(0, I)``: one generator shared by all rows, or one per row."""
 
-    gmin = surface.global_minimum
-    use_loss_tol = gmin is not None
-    fmin = gmin.value if gmin is not None else 0.0
-    (x0, x1), (y0, y1) = surface.domain
-    centre = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2], dtype=dtype, device=device)
-    limit = torch.tensor([DIVERGENCE_FACTOR * (x1 - x0), DIVERGENCE_FACTOR * (y1 - y0)], dtype=dtype, device=device)
+    def __init__(self, std: float, seeds: int | list[int], like: torch.Tensor):
+        self.std, self.dtype, self.device = std, like.dtype, like.device
+        seeds = [seeds] if isinstance(seeds, int) else seeds
+        self.generators = [torch.Generator(device=like.device).manual_seed(int(s)) for s in seeds]
 
-    if isinstance(seeds, int):
-        gens = [torch.Generator(device=device).manual_seed(seeds)]
-    else:
-        gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    def _draw(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(1, 2, generator=generator, dtype=self.dtype, device=self.device)
 
-    alive = torch.ones(R, dtype=torch.bool, device=device)
-    diverged_at = torch.full((R,), -1, dtype=torch.int64, device=device)
-    stt = torch.full((R,), -1, dtype=torch.int64, device=device)
-    if record:
-        positions = torch.empty(steps + 1, R, 2, dtype=dtype, device=device)
-        losses = torch.empty(steps + 1, R, dtype=dtype, device=device)
-        grad_norms = torch.empty(steps, R, dtype=dtype, device=device)
-        clipped = torch.zeros(steps, R, dtype=torch.bool, device=device)
-    else:
-        positions = losses = grad_norms = clipped = None
-    nan = torch.tensor(math.nan, dtype=dtype, device=device)
-
-    single = len(xys) == 1
-    xy = xys[0] if single else torch.cat(xys)
-    if record:
-        return _engine_recorded(
-            surface, groups, transforms, states, xys, xy, steps, sigma, gens, clip_kind, clip_max, tol,
-            use_loss_tol, fmin, centre, limit, positions, losses, grad_norms, clipped,
-        )
-    v = g = None
-    with torch.no_grad():
-        for k in range(steps + 1):
-            v, g = surface.value_and_grad(xy)
-            if k == 0 and not torch.isfinite(v).all():
-                raise ValueError("the loss at the start point is not finite; choose another start")
-            # divergence: non-finite loss or position, or far outside the domain
-            bad = ~torch.isfinite(v) | ((xy - centre).abs() > limit).any(-1) | ~torch.isfinite(xy).all(-1)
-            newly = bad & alive
-            diverged_at = torch.where(newly, k, diverged_at)
-            alive = alive & ~bad
-            crit = (v - fmin <= tol) if use_loss_tol else (torch.linalg.vector_norm(g, dim=-1) <= tol)
-            stt = torch.where(crit & alive & (stt < 0), k, stt)
-            if record:
-                positions[k] = xy
-                losses[k] = v
-            if k == steps:
-                break
-            if sigma > 0:
-                if len(gens) == 1:
-                    xi = torch.randn(1, 2, generator=gens[0], dtype=dtype, device=device)
-                else:
-                    xi = torch.cat([torch.randn(1, 2, generator=gen, dtype=dtype, device=device) for gen in gens])
-                g = g + sigma * xi
-            if record:
-                grad_norms[k] = torch.where(alive, torch.linalg.vector_norm(g, dim=-1), nan)
-                if clip_kind == "norm":
-                    clipped[k] = (torch.linalg.vector_norm(g, dim=-1) > clip_max) & alive
-                elif clip_kind == "value":
-                    clipped[k] = (g.abs() > clip_max).any(-1) & alive
-            live = alive.unsqueeze(1)
-            gs = [g] if single else list(torch.split(g, [n for _, n in groups]))
-            new_xys = []
-            for i, (t, gi) in enumerate(zip(transforms, gs)):
-                (u,), states[i] = t.update([gi], states[i], [xys[i]])
-                new_xys.append(xys[i] + u)
-            if single:
-                xy = torch.where(live, new_xys[0], xy)
-                xys = [xy]
-            else:
-                xy = torch.where(live, torch.cat(new_xys), xy)
-                xys = list(torch.split(xy, [n for _, n in groups]))
-    final_loss = torch.where(diverged_at >= 0, nan, v)
-    return _Outcome(positions, losses, grad_norms, clipped, xy, final_loss, diverged_at, stt)
+    def __call__(self, g: torch.Tensor) -> torch.Tensor:
+        if self.std == 0:
+            return g
+        if len(self.generators) == 1:
+            xi = self._draw(self.generators[0])
+        else:
+            xi = torch.cat([self._draw(gen) for gen in self.generators])
+        return g + self.std * xi
 
 
-def _first(mask: torch.Tensor) -> torch.Tensor:
+def _chain(transform: ro.Transform, clip: _Clip | None, multiplier: _Multiplier | None) -> ro.Transform:
+    """``clip -> transform -> scale by the schedule's multiplier``, each part only where asked for."""
+    parts = [clip.transform] if clip is not None else []
+    parts.append(transform)
+    if multiplier is not None:
+        parts.append(ro.scale_by_schedule(multiplier))
+    return ro.chain(*parts) if len(parts) > 1 else transform
+
+
+class _Stepper:
+    """Every batch's chain with its state; a call moves every row one step: ``xy + u``."""
+
+    def __init__(self, setup: _Setup, xy0: torch.Tensor):
+        self.sizes = [b.rows for b in setup.batches]
+        self.chains = [_chain(b.transform, setup.clip, setup.multiplier) for b in setup.batches]
+        self.xys = [part.clone() for part in torch.split(xy0, self.sizes)]
+        self.states = [chain.init([xy]) for chain, xy in zip(self.chains, self.xys)]
+
+    @property
+    def xy(self) -> torch.Tensor:
+        return self.xys[0] if len(self.xys) == 1 else torch.cat(self.xys)
+
+    def __call__(self, g: torch.Tensor) -> torch.Tensor:
+        gs = [g] if len(self.sizes) == 1 else torch.split(g, self.sizes)
+        moved = []
+        for i, (chain, gi) in enumerate(zip(self.chains, gs)):
+            (u,), self.states[i] = chain.update([gi], self.states[i], [self.xys[i]])
+            moved.append(self.xys[i] + u)
+        if len(moved) == 1:
+            self.xys = moved
+            return moved[0]
+        xy = torch.cat(moved)
+        self.xys = list(torch.split(xy, self.sizes))
+        return xy
+
+
+class _Record:
+    """Steps as the engine writes them down: the whole run (:func:`run`) or a reused block (:func:`sweep`).
+
+    ``exact_norms`` (``||grad f(xy_k)||``, for the gradient-norm tolerance) only where the surface has no
+    known minimum; ``grad_norms`` (of the possibly noisy gradient) and ``clipped`` only for :func:`run`.
+    """
+
+    def __init__(self, length: int, like: torch.Tensor, exact_norms: bool, per_step: bool):
+        rows, dtype, device = like.shape[0], like.dtype, like.device
+        self.positions = torch.empty(length, rows, 2, dtype=dtype, device=device)
+        self.losses = torch.empty(length, rows, dtype=dtype, device=device)
+        self.exact_norms = torch.empty(length, rows, dtype=dtype, device=device) if exact_norms else None
+        self.grad_norms = torch.empty(length, rows, dtype=dtype, device=device) if per_step else None
+        self.clipped = torch.zeros(length, rows, dtype=torch.bool, device=device) if per_step else None
+
+    def point(self, i: int, xy: torch.Tensor, v: torch.Tensor, g: torch.Tensor) -> None:
+        self.positions[i] = xy
+        self.losses[i] = v
+        if self.exact_norms is not None:
+            self.exact_norms[i] = torch.linalg.vector_norm(g, dim=-1)
+
+    def gradient(self, i: int, g: torch.Tensor, clip: _Clip | None) -> None:
+        if self.grad_norms is None or self.clipped is None:
+            return
+        norm = torch.linalg.vector_norm(g, dim=-1)
+        self.grad_norms[i] = norm
+        if clip is not None:
+            self.clipped[i] = clip.hits(g, norm)
+
+
+def _first_true(mask: torch.Tensor) -> torch.Tensor:
     """Index of the first True along dim 0 for every column, -1 where there is none."""
     hit = mask.any(0)
     first = mask.to(torch.int8).argmax(0)
     return torch.where(hit, first, torch.full_like(first, -1))
 
 
-def _engine_recorded(
-    surface, groups, transforms, states, xys, xy, steps, sigma, gens, clip_kind, clip_max, tol,
-    use_loss_tol, fmin, centre, limit, positions, losses, grad_norms, clipped,
-) -> _Outcome:
-    """The engine when every step is recorded anyway: the per-step bookkeeping moves after the loop.
+class _Ledger:
+    """Divergence, the freeze and steps to tolerance, read off the record one block of steps at a time.
 
-    Rows are independent (no transform reduces across rows), so a row that diverges may go on
-    stepping without touching the others; afterwards the recorded arrays are scanned for the first
-    bad step (non-finite loss or position, or beyond ``limit``) and everything from there on is
-    frozen exactly as the step-by-step engine freezes it. Half the tensor operations per step, which is
-    what a request of the playground pays.
+    Row ``r`` diverges at the first step ``d`` whose loss is not finite, or whose position is not finite or
+    more than ``limit`` from the domain's centre. From ``d`` on its record holds its step-``d`` position and
+    loss, its gradient norms are NaN and nothing counts as clipped or within tolerance.
     """
-    dtype, device = xy.dtype, xy.device
-    single = len(xys) == 1
-    sizes = [n for _, n in groups]
-    exact_norms = None if use_loss_tol else torch.empty_like(grad_norms)
+
+    def __init__(self, surface: Surface, tol: float, xy0: torch.Tensor):
+        rows, dtype, device = xy0.shape[0], xy0.dtype, xy0.device
+        (x0, x1), (y0, y1) = surface.domain
+        self.centre = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2], dtype=dtype, device=device)
+        self.limit = torch.tensor([DIVERGENCE_FACTOR * (x1 - x0), DIVERGENCE_FACTOR * (y1 - y0)], dtype=dtype,
+                                  device=device)
+        minimum = surface.global_minimum
+        self.f_min = None if minimum is None else minimum.value  # None: the gradient-norm criterion
+        self.tol = tol
+        self.diverged_at = torch.full((rows,), -1, dtype=torch.int64, device=device)
+        self.steps_to_tol = torch.full((rows,), -1, dtype=torch.int64, device=device)
+        self.frozen_xy = torch.zeros(rows, 2, dtype=dtype, device=device)
+        self.frozen_loss = torch.zeros(rows, dtype=dtype, device=device)
+
+    def read(self, first_step: int, record: _Record, count: int) -> None:
+        """Book steps ``first_step .. first_step + count - 1``, rows ``0 .. count - 1`` of ``record``."""
+        positions, losses = record.positions[:count], record.losses[:count]
+        ok = ((positions - self.centre).abs() <= self.limit).all(-1) & (losses.abs() < math.inf)
+        bad = _first_true(~ok)
+        newly = (self.diverged_at < 0) & (bad >= 0)
+        at, rows = bad.clamp(min=0), torch.arange(bad.shape[0], device=bad.device)
+        self.frozen_xy = torch.where(newly[:, None], positions[at, rows], self.frozen_xy)
+        self.frozen_loss = torch.where(newly, losses[at, rows], self.frozen_loss)
+        self.diverged_at = torch.where(newly, first_step + bad, self.diverged_at)
+
+        steps = first_step + torch.arange(count, device=bad.device)
+        frozen = (steps[:, None] >= self.diverged_at[None, :]) & (self.diverged_at >= 0)[None, :]
+        positions.copy_(torch.where(frozen[..., None], self.frozen_xy, positions))
+        losses.copy_(torch.where(frozen, self.frozen_loss, losses))
+        if record.grad_norms is not None and record.clipped is not None:
+            record.grad_norms[:count].masked_fill_(frozen, math.nan)
+            record.clipped[:count].masked_fill_(frozen, False)
+
+        if self.f_min is not None:
+            at_tol = losses - self.f_min <= self.tol
+        else:
+            assert record.exact_norms is not None
+            at_tol = record.exact_norms[:count] <= self.tol
+        hit = _first_true(at_tol & ~frozen)
+        self.steps_to_tol = torch.where((self.steps_to_tol < 0) & (hit >= 0), first_step + hit, self.steps_to_tol)
+
+
+def _simulate(setup: _Setup, xy0: torch.Tensor, record: bool) -> _Outcome:
+    """Step the rows of ``xy0`` ``setup.steps`` times; with ``record``, return every step too.
+
+    The loop only steps and writes down; the bookkeeping (:class:`_Ledger`) reads the record afterwards, a
+    block of steps at a time. That is exact because rows are independent (every transform here acts row by
+    row: the optimizers are elementwise, norm clipping is per row, noise is drawn per row or shared), so a
+    row that diverged may go on stepping without touching the others, and the ledger freezes its record from
+    the step it diverged. With ``record`` the block is the whole run; a sweep reuses blocks of at most
+    ``_BLOCK_CELLS / rows`` steps.
+    """
+    surface, steps = setup.surface, setup.steps
+    length = steps + 1 if record else max(1, min(steps + 1, _BLOCK_CELLS // xy0.shape[0]))
+    ledger = _Ledger(surface, setup.tol, xy0)
+    rec = _Record(length, xy0, exact_norms=ledger.f_min is None, per_step=record)
+    noise = _Noise(setup.noise_std, setup.seeds, xy0)
+    stepper = _Stepper(setup, xy0)
+    xy = stepper.xy
     with torch.no_grad():
         for k in range(steps + 1):
+            i = k % length
             v, g = surface.value_and_grad(xy)
             if k == 0 and not torch.isfinite(v).all():
                 raise ValueError("the loss at the start point is not finite; choose another start")
-            positions[k] = xy
-            losses[k] = v
-            if k == steps:
-                break
-            if exact_norms is not None:
-                exact_norms[k] = torch.linalg.vector_norm(g, dim=-1)
-            if sigma > 0:
-                if len(gens) == 1:
-                    xi = torch.randn(1, 2, generator=gens[0], dtype=dtype, device=device)
-                else:
-                    xi = torch.cat([torch.randn(1, 2, generator=gen, dtype=dtype, device=device) for gen in gens])
-                g = g + sigma * xi
-            grad_norms[k] = torch.linalg.vector_norm(g, dim=-1)
-            if clip_kind == "value":
-                clipped[k] = (g.abs() > clip_max).any(-1)
-            gs = [g] if single else list(torch.split(g, sizes))
-            new_xys = []
-            for i, (t, gi) in enumerate(zip(transforms, gs)):
-                (u,), states[i] = t.update([gi], states[i], [xys[i]])
-                new_xys.append(xys[i] + u)
-            xy = new_xys[0] if single else torch.cat(new_xys)
-            xys = [xy] if single else list(torch.split(xy, sizes))
-        # the bookkeeping of the step-by-step engine, on the whole record at once
-        ok = ((positions - centre).abs() <= limit).all(-1) & (losses.abs() < math.inf)
-        diverged_at = _first(~ok)
-        rows = torch.nonzero(diverged_at >= 0).flatten()
-        steps_idx = torch.arange(steps + 1, device=device)
-        after = steps_idx[:, None] >= diverged_at.clamp(min=0)[None, :]  # (steps+1, R): frozen from d on
-        after[:, diverged_at < 0] = False
-        if len(rows):
-            d = diverged_at[rows]
-            positions[:, rows] = torch.where(after[:, rows, None], positions[d, rows][None], positions[:, rows])
-            losses[:, rows] = torch.where(after[:, rows], losses[d, rows][None], losses[:, rows])
-        if clip_kind == "norm":
-            clipped.copy_(grad_norms > clip_max)
-        grad_norms.masked_fill_(after[:-1], math.nan)
-        clipped.masked_fill_(after[:-1], False)
-        crit = (losses - fmin <= tol) if use_loss_tol else torch.cat([exact_norms, exact_norms[-1:]]) <= tol
-        if not use_loss_tol:
-            crit[-1] = torch.linalg.vector_norm(g, dim=-1) <= tol  # the last point's exact gradient
-        stt = _first(crit & ~after)
-        final_loss = torch.where(diverged_at >= 0, math.nan, losses[-1])
-    return _Outcome(positions, losses, grad_norms, clipped, positions[-1], final_loss, diverged_at, stt)
+            rec.point(i, xy, v, g)
+            if k < steps:
+                g = noise(g)
+                rec.gradient(i, g, setup.clip)
+                xy = stepper(g)
+            if i == length - 1 or k == steps:
+                ledger.read(k - i, rec, i + 1)
+    final_loss = torch.where(ledger.diverged_at >= 0, math.nan, v)
+    if not record:
+        return _Outcome(ledger.diverged_at, ledger.steps_to_tol, final_loss)
+    assert rec.grad_norms is not None and rec.clipped is not None
+    return _Outcome(ledger.diverged_at, ledger.steps_to_tol, final_loss, rec.positions, rec.losses,
+                    rec.grad_norms[:-1], rec.clipped[:-1])
 
 
 # ----------------------------------------------------------------------------------------------- run
@@ -610,17 +682,16 @@ def run(
     Returns:
         :class:`Trajectories` (numpy arrays).
     """
-    surface = _surface(surface)
+    surface = _as_surface(surface)
     if isinstance(optimizers, (str, dict, ro.Transform)):
         optimizers = [optimizers]
     optimizers = list(optimizers)
-    if not 1 <= len(optimizers) <= 1024:
-        raise ValueError(f"optimizers must hold between 1 and 1024 specifications, got {len(optimizers)}")
-    steps = _check_int("steps", steps, 0, MAX_STEPS)
-    noise = _check_float("noise", noise, 0.0)
-    tol = _check_float("tol", tol, 0.0)
+    check("len(optimizers)", len(optimizers), _RUN_COUNT)
+    steps = check("steps", steps, _STEPS)
+    noise = check("noise", noise, _NONNEGATIVE)
+    tol = check("tol", tol, _NONNEGATIVE)
     if batch_size is not None:
-        batch_size = _check_int("batch_size", batch_size, 1, 1 << 40)
+        batch_size = check("batch_size", batch_size, _BATCH_SIZE)
     R = len(optimizers)
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         seeds: int | list[int] = int(seed)
@@ -630,67 +701,42 @@ def run(
             raise ValueError(f"seed must be an int or a list of {R} ints (one per run), got {len(seeds)}")
     device = torch.device(device) if device is not None else torch.device("cpu")
     specs = [_parse_spec(s, surface, i) for i, s in enumerate(optimizers)]
-    clip_info = _clip_transform(clip)
-    multiplier = _schedule_multiplier(schedule, steps)
+    multiplier = _multiplier(schedule, steps)
     xy0 = _starts(surface, start, R, dtype, device)
 
-    # group specs that can share one batched transform; rows are reordered group by group
-    order: list[int] = []
-    groups: list[tuple[ro.Transform, int]] = []
-    keyed: dict[tuple, list[int]] = {}
-    singles: list[list[int]] = []
-    for i, s in enumerate(specs):
-        key = s.group_key()
-        if key is None:
-            singles.append([i])
-        else:
-            keyed.setdefault(key, []).append(i)
-    for members in [*keyed.values(), *singles]:
-        groups.append((_group_transform([specs[i] for i in members], dtype, device), len(members)))
-        order.extend(members)
+    # rows are reordered batch by batch for the engine, and back afterwards
+    batches, order = _batch(specs, dtype, device)
+    row_seeds = seeds if isinstance(seeds, int) else [seeds[i] for i in order]
+    setup = _Setup(surface, batches, steps, _noise_std(noise, batch_size), row_seeds, _parse_clip(clip), multiplier,
+                   tol)
     perm = torch.tensor(order, device=device)
-    if not isinstance(seeds, int):
-        seeds = [seeds[i] for i in order]
-    sigma = noise / math.sqrt(batch_size) if batch_size else noise
-    out = _engine(surface, groups, xy0[perm], steps, sigma, seeds, clip_info, multiplier, tol, record=True)
+    out = _simulate(setup, xy0[perm], record=True)
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(R, device=device)
 
     assert out.positions is not None and out.losses is not None
     assert out.grad_norms is not None and out.clipped is not None
-    positions = out.positions.permute(1, 0, 2)[inverse].cpu().numpy()
-    losses = out.losses.T[inverse].cpu().numpy()
-    grad_norms = out.grad_norms.T[inverse].cpu().numpy()
-    clipped = out.clipped.T[inverse].cpu().numpy()
-    diverged_at = out.diverged_at[inverse].cpu().numpy()
-    steps_to_tol = out.steps_to_tol[inverse].cpu().numpy()
-    # freeze diverged rows from the step they diverged
-    for r in np.flatnonzero(diverged_at >= 0):
-        k = int(diverged_at[r])
-        positions[r, k + 1:] = positions[r, k]
-        losses[r, k + 1:] = losses[r, k]
-        grad_norms[r, k:] = np.nan
-        clipped[r, k:] = False
-    mult = np.asarray(multiplier.table if multiplier is not None else np.ones(steps))  # type: ignore[attr-defined]
+    mult = np.asarray(multiplier.table if multiplier is not None else np.ones(steps))
     lrs = np.array([s.lr for s in specs], dtype=np.float64)[:, None] * mult[None, :]
+    diverged_at = out.diverged_at[inverse].cpu().numpy()
     return Trajectories(
         surface=surface,
         labels=[s.label for s in specs],
         specs=[_spec_dict(s) for s in specs],
-        positions=positions,
-        losses=losses,
-        grad_norms=grad_norms,
+        positions=out.positions.permute(1, 0, 2)[inverse].cpu().numpy(),
+        losses=out.losses.T[inverse].cpu().numpy(),
+        grad_norms=out.grad_norms.T[inverse].cpu().numpy(),
         lrs=lrs,
-        clipped=clipped,
+        clipped=out.clipped.T[inverse].cpu().numpy(),
         diverged=diverged_at >= 0,
         diverged_at=diverged_at,
-        steps_to_tol=steps_to_tol,
+        steps_to_tol=out.steps_to_tol[inverse].cpu().numpy(),
         steps=steps,
         tol=tol,
         tol_criterion="loss_gap" if surface.global_minimum is not None else "grad_norm",
         noise=noise,
         batch_size=batch_size,
-        seed=seeds if isinstance(seeds, int) else [int(s) for s in seed],  # type: ignore[union-attr]
+        seed=seeds,
     )
 
 
@@ -712,8 +758,7 @@ def _axis(arg: Any, which: str, allowed: Sequence[str]) -> tuple[str, np.ndarray
     if name not in allowed:
         raise ValueError(f"{which}: {name!r} is not a hyperparameter of this optimizer; allowed: {list(allowed)}")
     vals = np.asarray(values, dtype=np.float64).ravel()
-    if not 1 <= vals.size <= 1024:
-        raise ValueError(f"{which}: between 1 and 1024 values allowed, got {vals.size}")
+    check("number of values", vals.size, _RUN_COUNT, where=f"{which}: ")
     if not np.isfinite(vals).all():
         raise ValueError(f"{which}: values must be finite, got {values!r}")
     return name, vals
@@ -747,9 +792,8 @@ def sweep(
     Returns:
         :class:`Sweep` with ``final_loss`` (NaN where diverged), ``steps_to_tol`` and ``diverged_at``.
     """
-    surface = _surface(surface)
-    if not isinstance(optimizer, str) or optimizer not in ro.names():
-        raise ValueError(f"optimizer must be one of {', '.join(ro.names())}, got {optimizer!r}")
+    surface = _as_surface(surface)
+    check("optimizer", optimizer, Options(ro.names()))
     allowed = ro.hyperparam_names(optimizer)
     x_name, xv = _axis(x, "x", allowed)
     y_name, yv = _axis(y, "y", allowed)
@@ -763,15 +807,14 @@ def sweep(
             f"fixed: {'swept' if clash else 'unknown'} hyperparameter(s) {clash or unknown}; "
             f"allowed: {[a for a in allowed if a not in (x_name, y_name)]}"
         )
-    steps = _check_int("steps", steps, 0, MAX_STEPS)
-    noise = _check_float("noise", noise, 0.0)
-    tol = _check_float("tol", tol, 0.0)
-    seed = _check_int("seed", seed, -(1 << 63), (1 << 63) - 1)
+    steps = check("steps", steps, _STEPS)
+    noise = check("noise", noise, _NONNEGATIVE)
+    tol = check("tol", tol, _NONNEGATIVE)
+    seed = check("seed", seed, _SEED)
     if batch_size is not None:
-        batch_size = _check_int("batch_size", batch_size, 1, 1 << 40)
+        batch_size = check("batch_size", batch_size, _BATCH_SIZE)
     nx, ny = xv.size, yv.size
-    if nx * ny > MAX_RUNS:
-        raise ValueError(f"the grid has {nx * ny} cells; at most {MAX_RUNS} allowed")
+    check("the number of grid cells", nx * ny, _GRID_CELLS)
     device = torch.device(device) if device is not None else torch.device("cpu")
     hyper: dict[str, Any] = dict(fixed)
     hyper[x_name] = torch.as_tensor(np.tile(xv, ny), dtype=dtype, device=device).unsqueeze(1)
@@ -779,11 +822,10 @@ def sweep(
     if "lr" not in hyper:
         hyper["lr"] = surface.default_lr(optimizer, **fixed)
     transform = ro.get(optimizer, **hyper)
-    clip_info = _clip_transform(clip)
-    multiplier = _schedule_multiplier(schedule, steps)
     xy0 = _starts(surface, start, nx * ny, dtype, device)
-    sigma = noise / math.sqrt(batch_size) if batch_size else noise
-    out = _engine(surface, [(transform, nx * ny)], xy0, steps, sigma, seed, clip_info, multiplier, tol, record=False)
+    setup = _Setup(surface, [_Batch(transform, nx * ny)], steps, _noise_std(noise, batch_size), seed, _parse_clip(clip),
+                   _multiplier(schedule, steps), tol)
+    out = _simulate(setup, xy0, record=False)
     fixed_out = {k: v for k, v in hyper.items() if k not in (x_name, y_name)}
     return Sweep(
         surface=surface,
