@@ -83,23 +83,25 @@ def narrow(interval: Interval, cap: Interval) -> Interval:
     a value the library rejects. Of two equal ends the open one wins.
     """
 
-    def end(a: tuple[float, bool], b: tuple[float, bool], tighter: Callable) -> tuple[float, bool]:
-        if a[0] == b[0]:
-            return a[0], a[1] and b[1]
-        return a if tighter(a[0], b[0]) == a[0] else b
-
-    low, low_closed = end(
-        (_or(interval.low, -math.inf), interval.low_closed), (_or(cap.low, -math.inf), cap.low_closed), max
-    )
-    high, high_closed = end(
-        (_or(interval.high, math.inf), interval.high_closed), (_or(cap.high, math.inf), cap.high_closed), min
-    )
+    low, low_closed = _tighter(_low_end(interval), _low_end(cap), max)
+    high, high_closed = _tighter(_high_end(interval), _high_end(cap), min)
     closed = {(True, True): "both", (True, False): "left", (False, True): "right", (False, False): "neither"}
     return Interval(interval.kind, _bound(low), _bound(high), closed[(low_closed, high_closed)])
 
 
-def _or(bound: float | None, infinity: float) -> float:
-    return infinity if bound is None else bound
+def _low_end(interval: Interval) -> tuple[float, bool]:
+    return (-math.inf if interval.low is None else interval.low), interval.low_closed
+
+
+def _high_end(interval: Interval) -> tuple[float, bool]:
+    return (math.inf if interval.high is None else interval.high), interval.high_closed
+
+
+def _tighter(a: tuple[float, bool], b: tuple[float, bool], pick: Callable) -> tuple[float, bool]:
+    """Of two ends ``(value, closed)``, the one ``pick`` (``max`` for lows, ``min`` for highs) keeps."""
+    if a[0] == b[0]:
+        return a[0], a[1] and b[1]
+    return a if pick(a[0], b[0]) == a[0] else b
 
 
 def _bound(x: float) -> float | None:
@@ -166,7 +168,10 @@ class HyperparamInfo:
         return check_field(name or self.name, value, self.constraint, where=where)
 
 
-def _decay_rate(name: str, help: str, ui_min: float = 0.0, ui_max: float = 0.999, step: float = 0.001):
+def _decay_rate(
+    name: str, help: str, ui_min: float = 0.0, ui_max: float = 0.999, step: float = 0.001
+) -> HyperparamInfo:
+    """A coefficient in the library's ``[0, 1)`` with a linear slider."""
     return HyperparamInfo(name, "float", help, ui_min=ui_min, ui_max=ui_max, step=step)
 
 
