@@ -189,12 +189,42 @@ def test_get_errors_name_what_is_allowed():
         rs.get("nope")
     with pytest.raises(ValueError, match="surface 'valley' has no parameter 'beta'; allowed: condition"):
         rs.get("valley", beta=1.0)
-    with pytest.raises(ValueError, match=r"condition must be a number in \[1, 1e\+06\], got 0.5"):
+    with pytest.raises(ValueError, match=r"surface 'valley': condition must be in \[1, 1e\+06\], got 0.5"):
         rs.get("valley", condition=0.5)
     with pytest.raises(ValueError, match="has no parameters"):
         rs.get("bowl", scale=2.0)
     with pytest.raises(ValueError, match=r"xy must have shape \(\.\.\., 2\), got \(3,\)"):
         rs.get("bowl").value(torch.zeros(3))
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: rs.get("rosenbrock", b=2e4), ValueError,
+         r"surface 'rosenbrock': b must be in \[0.001, 10000\], got 20000"),
+        (lambda: rs.get("plateau", width="wide"), TypeError,
+         r"surface 'plateau': width must be a number in \[0.05, 10\]"),
+        (lambda: rs.get("valley", condition=True), TypeError, r"condition must be a number in \[1, 1e\+06\], got bool"),
+        (lambda: rs.get("bowl").grid(1), ValueError, r"n must be an integer in \[2, 2000\], got 1"),
+        (lambda: rs.get("bowl").grid(2.5), ValueError, r"n must be an integer in \[2, 2000\], got 2.5"),
+        (lambda: rs.get("bowl").value_and_grad(torch.zeros(2), method="fd"), ValueError,
+         r"method must be one of 'auto', 'autograd', got 'fd'"),
+    ],
+)
+def test_argument_checks_say_what_is_allowed(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_param_info_gives_the_bounds_that_get_enforces():
+    for name in rs.names():
+        for key, (default, lo, hi) in rs.param_info(name).items():
+            assert lo <= default <= hi
+            for ok in (lo, default, hi):
+                assert rs.get(name, **{key: ok}).params[key] == ok
+            for bad in (math.nextafter(lo, -math.inf), math.nextafter(hi, math.inf)):
+                with pytest.raises(ValueError, match=f"{key} must be in"):
+                    rs.get(name, **{key: bad})
 
 
 def test_dtype_follows_the_input_and_grid_covers_the_domain():

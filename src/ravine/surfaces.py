@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ravine._expr import ExpressionError, parse_expression
+from ravine._validation import Interval, Options, check
 
 __all__ = ["Minimum", "SaddlePoint", "Surface", "get", "names", "parse", "ExpressionError"]
 
@@ -36,6 +37,9 @@ ValueGradFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 #: Optimizers whose step size does not scale with the gradient (per-coordinate normalisation).
 ADAPTIVE_OPTIMIZERS = frozenset({"rmsprop", "adam", "adamw", "adam_l2", "adagrad"})
+
+_GRAD_METHOD = Options(("auto", "autograd"))
+_GRID_SIZE = Interval(int, 2, 2000)
 
 
 @dataclass(frozen=True)
@@ -143,8 +147,7 @@ class Surface:
         of the sum is the per-point gradient).
         """
         xy = self._points(xy)
-        if method not in ("auto", "autograd"):
-            raise ValueError(f"method must be 'auto' or 'autograd', got {method!r}")
+        check("method", method, _GRAD_METHOD)
         if method == "auto" and self._value_and_grad is not None:
             return self._value_and_grad(xy)
         with torch.enable_grad():
@@ -186,8 +189,7 @@ class Surface:
 
     def grid(self, n: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(X, Y, Z)`` float64 arrays of shape ``(n, n)`` over :attr:`domain` (``Z[i, j] = f(X[i, j], Y[i, j])``)."""
-        if not isinstance(n, int) or isinstance(n, bool) or not 2 <= n <= 2000:
-            raise ValueError(f"n must be an int in [2, 2000], got {n!r}")
+        n = check("n", n, _GRID_SIZE)
         (x0, x1), (y0, y1) = self.domain
         xs = torch.linspace(x0, x1, n, dtype=torch.float64)
         ys = torch.linspace(y0, y1, n, dtype=torch.float64)
@@ -541,19 +543,19 @@ def _traps() -> Surface:
     )
 
 
-# name -> (factory, {parameter: (default, lower bound, upper bound)})
-_BUILTINS: dict[str, tuple[Callable[..., Surface], dict[str, tuple[float, float, float]]]] = {
+# name -> (factory, {parameter: (default, allowed values)})
+_BUILTINS: dict[str, tuple[Callable[..., Surface], dict[str, tuple[float, Interval]]]] = {
     "bowl": (_bowl, {}),
-    "valley": (_valley, {"condition": (25.0, 1.0, 1e6)}),
-    "rosenbrock": (_rosenbrock, {"a": (1.0, -1.5, 1.5), "b": (100.0, 1e-3, 1e4)}),
+    "valley": (_valley, {"condition": (25.0, Interval(float, 1.0, 1e6))}),
+    "rosenbrock": (_rosenbrock, {"a": (1.0, Interval(float, -1.5, 1.5)), "b": (100.0, Interval(float, 1e-3, 1e4))}),
     "beale": (_beale, {}),
     "himmelblau": (_himmelblau, {}),
-    "rastrigin": (_rastrigin, {"A": (10.0, 0.0, 100.0)}),
+    "rastrigin": (_rastrigin, {"A": (10.0, Interval(float, 0.0, 100.0))}),
     "ackley": (_ackley, {}),
     "camel": (_camel, {}),
     "saddle": (_saddle, {}),
     "monkey_saddle": (_monkey_saddle, {}),
-    "plateau": (_plateau, {"width": (1.0, 0.05, 10.0)}),
+    "plateau": (_plateau, {"width": (1.0, Interval(float, 0.05, 10.0))}),
     "sharp_flat": (_sharp_flat, {}),
     "traps": (_traps, {}),
 }
@@ -568,7 +570,7 @@ def param_info(name: str) -> dict[str, tuple[float, float, float]]:
     """The parameters of a built-in surface: ``{param: (default, min, max)}`` (``{}`` if it has none)."""
     if name not in _BUILTINS:
         raise ValueError(f"unknown surface {name!r}; allowed: {', '.join(_BUILTINS)}")
-    return dict(_BUILTINS[name][1])
+    return {key: (default, allowed.low, allowed.high) for key, (default, allowed) in _BUILTINS[name][1].items()}
 
 
 def get(name: str | Surface, **params: float) -> Surface:
@@ -589,10 +591,7 @@ def get(name: str | Surface, **params: float) -> Surface:
         if key not in spec:
             allowed = ", ".join(spec) if spec else "none (this surface has no parameters)"
             raise ValueError(f"surface {name!r} has no parameter {key!r}; allowed: {allowed}")
-        _, lo, hi = spec[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
-            raise ValueError(f"surface {name!r}: {key} must be a number in [{lo:g}, {hi:g}], got {value!r}")
-        kwargs[key] = float(value)
+        kwargs[key] = check(key, value, spec[key][1], where=f"surface {name!r}: ")
     return factory(**kwargs)
 
 
