@@ -15,7 +15,14 @@ In a torch training loop::
                                                     ravine.optim.adamw(3e-4)))
     # or drop-in: ravine.optim.AdamW(model.parameters(), lr=3e-4)
 
-Only torch and numpy are imported here (the core layer).
+``ravine.optim.CONSTRAINTS`` holds the allowed range of every hyperparameter (the library's checks
+and the web API's bounds both come from it).
+
+Only torch, numpy and ravine's pure private helpers are imported here (the core layer). The
+modules: :mod:`~ravine.optim.base` (``Transform``, ``chain``, list ops), :mod:`~ravine.optim.transforms`
+(the primitives), :mod:`~ravine.optim.alias` (the named optimizers), :mod:`~ravine.optim.adapter` (the
+torch ``Optimizer``), :mod:`~ravine.optim.fused` (its flat-buffer and compiled path); private:
+``_constraints`` (the ranges), ``_state`` (where a chain's state lives in a torch optimizer).
 """
 
 from ._constraints import CONSTRAINTS

@@ -266,8 +266,7 @@ class Optimizer(torch.optim.Optimizer):
         where = [
             (gi, pi) for gi, g in enumerate(self.param_groups) for pi, p in enumerate(g["params"]) if p.grad is not None
         ]
-        grads = [self.param_groups[gi]["params"][pi].grad for gi, pi in where]
-        finite = tensor_norms(grads).isfinite() if grads else torch.ones(0, dtype=torch.bool)
+        finite = tensor_norms([self.param_groups[gi]["params"][pi].grad for gi, pi in where]).isfinite()
         if bool(finite.all()):  # each gradient is finite, their global norm is not
             self._skip(_OVERFLOW)
             return

@@ -12,7 +12,9 @@ State conventions (they make ``state_dict`` round trips and batching possible):
 - a value that is a ``list`` holds one tensor per parameter (``exp_avg``, ``momentum_buffer``...),
   named as torch names the same state, so checkpoints map onto torch's per-parameter format;
 - any other value is *information* about the last update (``"norm"``, ``"clipped"``): logged, never saved;
-- a chain's state is ``{"step": n, "parts": [state of each component]}``.
+- a chain's state is ``{"step": n, "parts": [state of each component]}``;
+- the one input a state may carry is ``"total_norm"``, which :class:`ravine.optim.Optimizer` puts
+  in the state of a leading ``clip_by_global_norm``: the gradient norm over all param groups.
 
 ``update`` may overwrite the tensors of its ``updates`` argument in place (that is what keeps a
 chain from allocating a parameter-sized temporary per component); pass copies if you still need

@@ -243,21 +243,21 @@ class FusedEngine:
             self._warn(why)
             return None
         steps = [f.step for f in flats]
-        c = self.compiled.get(key)
-        if c is None:
-            c = self.compiled[key] = Compiled(ts, [f.layout for f in flats], device, masked, steps)
-        if not c.ready:
+        compiled = self.compiled.get(key)
+        if compiled is None:
+            compiled = self.compiled[key] = Compiled(ts, [f.layout for f in flats], device, masked, steps)
+        if not compiled.ready:
             try:
-                finite, infos = c(ts, steps, flats, total)
+                finite, infos = compiled(ts, steps, flats, total)
             except Exception as exc:  # noqa: BLE001 - a compiler failure of any kind: run the flat path
                 if self.mode == "compile":
                     raise
                 self.broken[key] = f"torch.compile failed: {type(exc).__name__}: {str(exc)[:300]}"
                 self._warn(self.broken[key])
                 return None
-            c.ready = True
+            compiled.ready = True
         else:
-            finite, infos = c(ts, steps, flats, total)
+            finite, infos = compiled(ts, steps, flats, total)
         if masked and not bool(finite):
             return False
         return infos
