@@ -671,13 +671,15 @@ def run(
             stepped as one batched transform (their differing hyperparameters become ``(G, 1)`` tensors).
         start: ``(x, y)`` for every run (default ``surface.start``) or an array ``(R, 2)``, one per run.
         steps: number of updates (``positions`` has ``steps + 1`` rows, the start included).
-        noise, batch_size, seed: Gaussian gradient noise of std ``noise / sqrt(batch_size)``; an int seed
-            gives all runs one shared noise sequence, a list of ints one generator per run.
+        noise: Gaussian gradient noise of standard deviation ``noise / sqrt(batch_size)``.
+        seed: an int gives all runs one shared noise sequence, a list of ints one generator per run.
+        batch_size: the batch the noise emulates (``None``: the noise's std is ``noise`` itself).
         schedule: learning-rate multiplier, see the module docstring. For a dict, ``peak`` defaults to 1 and
             ``total_steps`` (where the schedule has one) to ``steps``.
         clip: ``{"kind": "norm" | "value", "max": float}``, see the module docstring.
         tol: tolerance of ``steps_to_tol``.
-        dtype, device: of the simulation (float64 on CPU by default).
+        dtype: of the simulation (float64 by default).
+        device: of the simulation (CPU by default).
 
     Returns:
         :class:`Trajectories` (numpy arrays).
