@@ -17,15 +17,16 @@ from ravine.experiments.runs import list_checkpoints, read_jsonl
 
 NONDETERMINISTIC = ("time", "wall")
 
-# The child trains one config into one run directory; it sleeps a little after every step (this does
-# not change any metric) so that the parent can kill it in the middle of the run.
+# The child trains one config into one run directory and stops after recording step argv[4] (it
+# sleeps there until it is killed), so the parent finds it mid-run, holding the run, every time.
 CHILD = """
 import json, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[3]))
 from ravine.experiments import TrainConfig, train
 cfg = TrainConfig.from_dict(json.loads(sys.argv[1]))
-train(cfg, sys.argv[2], progress=False, on_step=lambda rec: time.sleep(0.004))
+pause = int(sys.argv[4])
+train(cfg, sys.argv[2], progress=False, on_step=lambda rec: rec["step"] == pause and time.sleep(3600))
 """
 
 
@@ -47,33 +48,34 @@ def _max_step(path: Path) -> int:
     return max(steps, default=0)
 
 
-def _start_and_kill(cfg: TrainConfig, run_dir: Path, kill_after: int, timeout: float = 120.0) -> int:
-    """Start a training process, SIGKILL it once its metrics pass ``kill_after``; return the last step seen."""
+def _start(cfg: TrainConfig, run_dir: Path, pause: int) -> subprocess.Popen:
+    """A training process for ``cfg`` into ``run_dir`` that stops after recording step ``pause``."""
     # Same thread count as this process: float reductions may round differently with another count.
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, json.dumps(cfg.to_dict()), str(run_dir), str(torch.get_num_threads())],
+    threads = str(torch.get_num_threads())
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps(cfg.to_dict()), str(run_dir), threads, str(pause)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+def _wait_for(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 120.0) -> None:
+    """Wait until the process has recorded ``step`` (it is alive and holds the run)."""
     deadline = time.monotonic() + timeout
-    try:
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                pytest.fail(f"the training process ended (rc={proc.returncode}) before it was killed:\n{err}")
-            if _max_step(run_dir / "metrics.jsonl") > kill_after:
-                break
-            if time.monotonic() > deadline:
-                pytest.fail("the training process made no progress in time")
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    while _max_step(run_dir / "metrics.jsonl") < step:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            pytest.fail(f"the training process ended (rc={proc.returncode}) before it was killed:\n{err}")
+        if time.monotonic() > deadline:
+            pytest.fail("the training process made no progress in time")
+        time.sleep(0.01)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the process and wait until it is gone (the kernel has closed its files)."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    return _max_step(run_dir / "metrics.jsonl")
 
 
 def _config(**kw) -> TrainConfig:
@@ -102,8 +104,18 @@ def test_killed_process_resumes_to_identical_metrics(tmp_path):
     assert ref.status == "completed"
 
     run_dir = tmp_path / "killed"
-    seen = _start_and_kill(cfg, run_dir, kill_after=60)
-    assert seen < cfg.steps
+    proc = _start(cfg, run_dir, pause=61)
+    try:
+        _wait_for(proc, run_dir, 61)
+        # While the process trains, nobody else may: its lock refuses a second trainer.
+        with pytest.raises(RuntimeError, match=rf"run {run_dir} is being trained by process {proc.pid}"):
+            train(cfg, run_dir, progress=False)
+        _kill(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _max_step(run_dir / "metrics.jsonl") == 61
     assert Run(run_dir).status == "running"  # a killed process leaves its status as it was
     assert list_checkpoints(run_dir)  # at least one checkpoint reached disk
     assert _max_step(run_dir / "metrics.jsonl") >= list_checkpoints(run_dir)[-1]

@@ -6,9 +6,10 @@ The harness (this package's modules; the chapter's experiments live in ``ravine.
   ``"copy"`` with fixed, recorded splits;
 - :mod:`.models`: ``build(name, **kw)`` for ``"mlp"``, ``"cnn"``, ``"transformer"`` (Pre-/Post-LN),
   ``"lstm"``, ``"rnn"``; every model records its constructor arguments;
-- :mod:`.train`: ``TrainConfig`` and ``train(config, run_dir=None, resume=True, ...)`` recording per-step
-  loss, learning rate, gradient norms, clipping, update/weight ratio, skipped steps, evaluations and
-  optionally the top Hessian eigenvalue;
+- :mod:`.config`: ``TrainConfig``, everything that defines a run, and the hash that names it;
+- :mod:`.train`: ``train(config, run_dir=None, resume=True, ...)`` recording per-step loss, learning
+  rate, gradient norms, clipping, update/weight ratio, skipped steps, evaluations and optionally the
+  top Hessian eigenvalue;
 - :mod:`.runs`: run directories (config, append-only metrics, safetensors checkpoints, status) written
   atomically, ``Run`` to read them, ``RunStore`` naming runs by a hash of their config,
   ``load_model(run_dir)``.
@@ -21,13 +22,14 @@ Example::
     run.status, run.evals[-1]["test_acc"]
 """
 
+from .config import TrainConfig
 from .data import Dataset
 from .data import load as load_data
 from .data import names as data_names
 from .models import build as build_model
 from .models import names as model_names
 from .runs import Run, RunStore, load_model, runs_root
-from .train import TrainConfig, evaluate, train
+from .train import evaluate, train
 
 __all__ = [
     "Dataset",

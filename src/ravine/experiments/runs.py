@@ -26,7 +26,6 @@ directory by a content hash of its config, so an identical config finds (and reu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -40,6 +39,8 @@ import numpy as np
 import torch
 
 from ravine import _io
+
+from .config import TrainConfig, config_hash
 
 __all__ = [
     "STATUSES",
@@ -75,20 +76,6 @@ def runs_root(root: str | os.PathLike | None = None) -> Path:
         return Path(root)
     env = os.environ.get("RAVINE_RUNS")
     return Path(env) if env else Path("runs")
-
-
-def config_hash(config: Any, length: int = 12) -> str:
-    """First ``length`` hex digits of SHA-256 of the config's canonical JSON (sorted keys, no spaces).
-
-    ``config`` is a dict or anything with ``to_dict()`` (a ``TrainConfig``). Keys listed in
-    ``TrainConfig.HASH_EXCLUDE`` (settings that do not change results, e.g. ``tensorboard``) are left
-    out, so toggling them reuses the same run.
-    """
-    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    exclude = getattr(config, "HASH_EXCLUDE", ("tensorboard",))
-    d = {k: v for k, v in d.items() if k not in exclude}
-    blob = json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 # ----------------------------------------------------------------------------------------- atomic I/O
@@ -329,9 +316,7 @@ class Run:
         return read_json(self.path / "config.json")
 
     @property
-    def config(self):  # -> TrainConfig (imported lazily: train imports runs)
-        from .train import TrainConfig
-
+    def config(self) -> TrainConfig:
         return TrainConfig.from_dict(self.config_dict)
 
     @property

@@ -4,7 +4,8 @@ An Elman RNN (tanh, 64 units) on the copy/recall task with a long delay (5 symbo
 after 20 blank steps: 30 time steps of backpropagation through time), plain SGD at learning rates
 high enough for the recurrent weights to enter the exploding-gradient regime (Pascanu et al. 2013).
 Each (learning rate, seed) pair is trained twice: without clipping and with
-``torch.nn.utils.clip_grad_norm_(max_norm=1)`` (the harness's ``clip={"kind": "norm"}``).
+``ravine.optim.clip_by_global_norm(1)`` first in the optimizer's chain (the harness's
+``clip={"kind": "norm"}``; torch's ``clip_grad_norm_`` arithmetic).
 
 Measured per run: the number of loss spikes (a batch loss above twice the median of the 20 before
 it), divergence (the run stopped on a non-finite loss, or its final training loss on the full training
