@@ -181,3 +181,21 @@ def test_a_chain_used_directly_clips_its_own_list():
     for u, x in zip(updates, p):
         torch.testing.assert_close(u, x.grad, rtol=0, atol=0)
     assert float(state["clipped_norm"]) == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("fused", [False, "flat"])
+def test_a_global_norm_that_overflows_skips_the_step(fused):
+    """Every gradient finite, but their global norm overflows float32 (two entries of 1.5e19 in two
+    groups): the step is skipped on every path, as the compiled one does, and says why."""
+    model = make_model().float()
+    opt = ro.Optimizer(groups(model, "sgd"), ravine_chain("sgd"), fused=fused)
+    before = [p.detach().clone() for p in model.parameters()]
+    X, y = next(batches())
+    loss_of(model, X.float(), y).backward()
+    model[0].weight.grad[0, 0] = 1.5e19
+    model[0].bias.grad[0] = 1.5e19
+    assert all(torch.linalg.vector_norm(p.grad).isfinite() for p in model.parameters())
+    with pytest.warns(RuntimeWarning, match="skipped optimizer step: the global gradient norm is not finite"):
+        opt.step()
+    assert opt.skipped_steps == 1 and opt.stats == {"groups": []}
+    assert all(torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))

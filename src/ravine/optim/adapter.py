@@ -250,15 +250,14 @@ class Optimizer(torch.optim.Optimizer):
         if not grads or (self.nonfinite == "apply" and not clipped):
             return None
         norms = tensor_norms(grads)
-        if self.nonfinite != "apply" and not bool(norms.isfinite().all()):
-            self._reject()
-            return False
-        if not clipped:
-            return None
-        total = torch.linalg.vector_norm(norms if len(clipped) == len(grads) else norms[clipped], 2.0)
-        if self.nonfinite != "apply" and not bool(total.isfinite()):
-            self._skip(_OVERFLOW)
-            return False
+        total = None
+        if clipped:
+            total = torch.linalg.vector_norm(norms if len(clipped) == len(grads) else norms[clipped], 2.0)
+        if self.nonfinite != "apply":
+            finite = norms.isfinite().all() if total is None else norms.isfinite().all() & total.isfinite()
+            if not bool(finite):  # one device sync for the whole check
+                self._reject()
+                return False
         return total
 
     def _reject(self) -> None:
