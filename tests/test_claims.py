@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ def test_threshold_check_sides_and_grey_zone():
 def test_threshold_check_bad_arguments():
     with pytest.raises(ValueError, match="op must be one of"):
         threshold_check("x", 1.0, "==", 1.0)
-    with pytest.raises(ValueError, match="margin must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"margin must be in \[0, inf\], got -1"):
         threshold_check("x", 1.0, "<", 1.0, margin=-1)
     with pytest.raises(ValueError, match="status must be one of"):
         Check("x", 1.0, "< 1", "maybe")
@@ -255,9 +256,13 @@ def test_result_json_roundtrip(tmp_path):
     assert back.runs == ["run1"]
 
 
-def test_store_size_must_match_quick(tmp_path):
-    with pytest.raises(ValueError, match="store.size is 'full' but quick=True"):
-        claims.get("clipping").run(True, Store(tmp_path, "full"))
+def test_the_store_alone_says_the_size(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert Store().size == "quick" and Store().root == Path("report") / "quick"
+    assert Store(size="full").root == Path("report") / "full"
+    exp = claims.get("adam-ablation")
+    res = exp.run(Store(size="tiny"))  # the size comes from the store: no second setting to disagree
+    assert res.size == "tiny" and (tmp_path / "report" / "tiny" / "adam-ablation" / "result.json").exists()
 
 
 # ---------------------------------------------------------------------------------- end to end
@@ -268,7 +273,7 @@ def test_tiny_end_to_end_writes_runs_figures_and_reuses(tmp_path):
 
     store = Store(tmp_path, "tiny")
     exp = claims.get("adam-ablation")
-    res = exp.run(True, store, claims.Progress(enabled=False))
+    res = exp.run(store, claims.Progress(enabled=False))
     assert res.size == "tiny" and res.verdict.status in claims.STATUSES
     # the verdict is the verdict function of the recorded measurements
     assert exp.verdict(res.measurements).status == res.verdict.status
@@ -282,11 +287,11 @@ def test_tiny_end_to_end_writes_runs_figures_and_reuses(tmp_path):
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     assert store.result_path("adam-ablation").exists()
     # reuse: the saved result comes back as is
-    again = exp.run(True, store, claims.Progress(enabled=False))
+    again = exp.run(store, claims.Progress(enabled=False))
     assert again.finished_at == res.finished_at and again.runtime_s == res.runtime_s
     # recomputing the verdict reuses the completed runs (metrics files untouched)
     mtimes = {d.name: (d / "metrics.jsonl").stat().st_mtime_ns for d in run_dirs}
-    exp.run(True, store, claims.Progress(enabled=False), reuse=False)
+    exp.run(store, claims.Progress(enabled=False), reuse=False)
     assert {d.name: (d / "metrics.jsonl").stat().st_mtime_ns for d in run_dirs} == mtimes
 
 

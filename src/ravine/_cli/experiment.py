@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     size = "quick" if args.quick else "full"
     store = claims.Store(Path(args.out) / size, size)
-    result = exp.run(size == "quick", store, claims.Progress(enabled=not args.no_progress), reuse=not args.rerun)
+    result = exp.run(store, claims.Progress(enabled=not args.no_progress), reuse=not args.rerun)
     print(f"{result.name}: {result.verdict.status}  ({result.runtime_s:.1f} s, {len(result.runs)} runs)")
     print(f"claim: {result.claim}")
     for c in result.verdict.checks:

@@ -185,7 +185,7 @@ def _run_report(
         for exp in outer:
             outer.set_postfix_str(exp.name)
             try:
-                res = exp.run(size != "full", store, Progress(enabled=progress, position=1), reuse=reuse)
+                res = exp.run(store, Progress(enabled=progress, position=1), reuse=reuse)
             except Exception:  # one broken experiment must not lose the others
                 errors[exp.name] = traceback.format_exc()
                 prog.write(f"{exp.name}: error\n{errors[exp.name]}")

@@ -2,8 +2,9 @@
 
 Each experiment module defines ``NAME``, ``TITLE``, ``CLAIM`` (the chapter's claim, in its words where
 it has them), ``execute(size, store, progress)`` (train through the harness, measure, draw) and a pure
-``verdict(measurements) -> Verdict``; its ``EXPERIMENT`` object bundles them. ``Experiment.run(quick,
-store, progress)`` returns a :class:`Result` and saves it; the report (:mod:`ravine.report`) shows it.
+``verdict(measurements) -> Verdict``; its ``EXPERIMENT`` object bundles them. ``Experiment.run(store,
+progress)`` runs it at ``store.size`` and returns a :class:`Result`, saved in the store; the report
+(:mod:`ravine.report`) shows it.
 
 =================  ====================================================================================
 name               claim

@@ -27,16 +27,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ravine import _io
+from ravine._validation import Interval, Options, check
 
 STATUSES = ("supported", "not supported", "inconclusive")
 SIZES = ("tiny", "quick", "full")
 
 
 def _check_status(status: str) -> str:
-    if status not in STATUSES:
-        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-    return status
+    return check("status", status, Options(STATUSES))
 
 
 @dataclass
@@ -73,10 +74,8 @@ def threshold_check(
     (on either side) is ``"inconclusive"`` rather than passing or failing by a hair. A non-finite value
     is ``"inconclusive"`` (nothing was measured).
     """
-    if op not in ("<", "<=", ">", ">="):
-        raise ValueError(f"op must be one of '<', '<=', '>', '>=', got {op!r}")
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin!r}")
+    check("op", op, Options(("<", "<=", ">", ">=")))
+    check("margin", margin, Interval(float, 0, None))
     rule = f"{op} {threshold:.4g}" + (f" (grey zone ±{margin:.3g})" if margin > 0 else "")
     v = float(value)
     if not math.isfinite(v):
@@ -174,19 +173,15 @@ def _num(x: Any) -> float:
 
 def jsonable(x: Any) -> Any:
     """Convert numpy/torch scalars and arrays to plain Python; non-finite floats become ``None``."""
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is a core dependency
-        np = None
     if isinstance(x, dict):
         return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
         return [jsonable(v) for v in x]
     if isinstance(x, Path):
         return str(x)
-    if np is not None and isinstance(x, np.ndarray):
+    if isinstance(x, np.ndarray):
         return jsonable(x.tolist())
-    if np is not None and isinstance(x, np.generic):
+    if isinstance(x, np.generic):
         return jsonable(x.item())
     if hasattr(x, "tolist") and callable(x.tolist):  # torch tensors
         return jsonable(x.tolist())
@@ -211,15 +206,14 @@ class Store:
         <experiment>/result.json     written atomically once the experiment has finished
 
     ``size`` is ``"quick"``, ``"full"`` or ``"tiny"`` (a test-only size: a few steps, to check the
-    plumbing). The store of one size never mixes with another's because the report gives each size
-    its own root.
+    plumbing): the one setting that says how big the experiments run, read by
+    :meth:`Experiment.run`. ``root`` defaults to ``report/<size>``, so the runs of one size never mix
+    with another's (the report gives each size its own root too).
     """
 
-    def __init__(self, root: str | os.PathLike, size: str = "quick") -> None:
-        if size not in SIZES:
-            raise ValueError(f"size must be one of {SIZES}, got {size!r}")
-        self.root = Path(root)
-        self.size = size
+    def __init__(self, root: str | os.PathLike | None = None, size: str = "quick") -> None:
+        self.size = check("size", size, Options(SIZES))
+        self.root = Path("report") / size if root is None else Path(root)
 
     def experiment_dir(self, experiment: str) -> Path:
         return self.root / experiment
@@ -322,24 +316,14 @@ class Experiment:
     execute: Callable[..., tuple[dict[str, Any], list[str], list[str], str]]
     verdict: Callable[[dict[str, Any]], Verdict]
 
-    def run(
-        self,
-        quick: bool = True,
-        store: Store | None = None,
-        progress: Progress | None = None,
-        *,
-        reuse: bool = True,
-    ) -> Result:
-        """Run the experiment (quick or full), or return its saved result when ``reuse`` and present.
+    def run(self, store: Store | None = None, progress: Progress | None = None, *, reuse: bool = True) -> Result:
+        """Run the experiment at ``store.size`` (default: ``Store()``, quick, under ``report/quick``),
+        or return its saved result when ``reuse`` and present.
 
         Training runs already completed in ``store`` are reused by the harness (resume), so an
-        interrupted experiment continues where it stopped. ``store.size`` decides the size when a
-        store is given (``"tiny"`` for tests); otherwise ``quick`` picks ``"quick"`` or ``"full"``.
+        interrupted experiment continues where it stopped.
         """
-        if store is None:
-            store = Store(Path("report") / ("quick" if quick else "full"), "quick" if quick else "full")
-        elif store.size != "tiny" and store.size != ("quick" if quick else "full"):
-            raise ValueError(f"store.size is {store.size!r} but quick={quick!r}; use a store of that size")
+        store = store or Store()
         progress = progress or Progress(enabled=False)
         if reuse:
             saved = store.load_result(self.name)

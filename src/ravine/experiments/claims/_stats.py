@@ -38,8 +38,8 @@ def linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, fl
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    m = np.isfinite(x) & np.isfinite(y)
-    x, y = x[m], y[m]
+    finite = np.isfinite(x) & np.isfinite(y)
+    x, y = x[finite], y[finite]
     if len(x) < 2 or np.ptp(x) == 0:
         return float("nan"), float("nan"), float("nan")
     xc, yc = x - x.mean(), y - y.mean()
@@ -100,8 +100,8 @@ def interp_at(x_query: float, x: Sequence[float], y: Sequence[float]) -> float:
     NaN outside the range."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
-    m = np.isfinite(x) & np.isfinite(y)
-    x, y = x[m], y[m]
+    finite = np.isfinite(x) & np.isfinite(y)
+    x, y = x[finite], y[finite]
     if len(x) == 0 or x_query < x[0] or x_query > x[-1]:
         return float("nan")
     return float(np.interp(x_query, x, y))

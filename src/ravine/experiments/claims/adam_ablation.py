@@ -105,7 +105,7 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
         final[v] = float(np.mean([finite_or(final_eval(r, "train_loss"), np.inf) for r in rs]))
         # worst batch loss in the first 50 steps relative to the initial loss (an early blow-up)
         spike[v] = float(np.mean([np.nanmax(step_columns(r)["loss"][:50]) / step_columns(r)["loss"][0] for r in rs]))
-    m = {
+    measured = {
         "lr": planned[0].config.optimizer_kwargs["lr"],
         "steps": planned[0].config.steps,
         "seeds": len(by_v["adam"]),
@@ -141,12 +141,12 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
             Panel("batch loss (10-step average)", "step", "loss", s_loss, logy=True),
             Panel("training loss (full train set)", "step", "train loss", s_eval, logy=True),
         ],
-        suptitle=f"Adam ablations, MLP on digits, lr {m['lr']:g}, seed 0 of {m['seeds']}",
+        suptitle=f"Adam ablations, MLP on digits, lr {measured['lr']:g}, seed 0 of {measured['seeds']}",
     )
     reading = (
         f"Without bias correction the largest update in the first {EARLY} steps is "
-        f"{num(m['nobc_over_adam_early_update']):.2f}x Adam's (theory for a steady gradient: up to ~6.5x). "
-        f"Final training loss after {m['steps']} steps (mean of {m['seeds']} seeds): "
+        f"{num(measured['nobc_over_adam_early_update']):.2f}x Adam's (theory for a steady gradient: up to ~6.5x). "
+        f"Final training loss after {measured['steps']} steps (mean of {measured['seeds']} seeds): "
         + ", ".join(f"{LABELS[v]} {final[v]:.3g}" for v in VARIANTS)
         + ". "
         + (
@@ -159,10 +159,10 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
         "adapts to the gradient scale; removing the first moment leaves RMSProp, whose step follows each "
         "mini-batch's noise."
     )
-    return m, [str(fig)], [r.id for r in runs.values()], reading
+    return measured, [str(fig)], [r.id for r in runs.values()], reading
 
 
-def verdict(m: dict[str, Any]) -> Verdict:
+def verdict(measured: dict[str, Any]) -> Verdict:
     """Three checks:
 
     - bias correction: no-bias-correction's / Adam's largest early update-to-weight ratio >= 2
@@ -173,15 +173,15 @@ def verdict(m: dict[str, Any]) -> Verdict:
     checks = [
         threshold_check(
             "nobc_over_adam_early_update",
-            num(m["nobc_over_adam_early_update"]),
+            num(measured["nobc_over_adam_early_update"]),
             ">=",
             2.0,
-            f"largest update in the first {m.get('early_steps', EARLY)} steps, without / with bias correction",
+            f"largest update in the first {measured.get('early_steps', EARLY)} steps, without / with bias correction",
             margin=0.3,
         ),
         threshold_check(
             "no_v_over_adam_final_loss",
-            num(m["no_v_over_adam_final_loss"]),
+            num(measured["no_v_over_adam_final_loss"]),
             ">",
             1.0,
             "final training loss, no second moment (momentum) / Adam",
@@ -189,7 +189,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
         ),
         threshold_check(
             "no_m_over_adam_final_loss",
-            num(m["no_m_over_adam_final_loss"]),
+            num(measured["no_m_over_adam_final_loss"]),
             ">",
             1.0,
             "final training loss, no first moment (RMSProp) / Adam",

@@ -108,7 +108,7 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
     lrs, wds = grid(size)
     planned = plan(size)
     runs = train_all(store, NAME, planned, progress)
-    m: dict[str, Any] = {
+    measured: dict[str, Any] = {
         "lrs": lrs,
         "wds": wds,
         "steps": planned[0].config.steps,
@@ -128,7 +128,7 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
                 ]
                 z[i, j] = float(np.mean(vals))
         fit = best_wd_fit(lrs, wds, z)
-        m[method] = {"score": z, **fit, "best_score": float(np.nanmin(z))}
+        measured[method] = {"score": z, **fit, "best_score": float(np.nanmin(z))}
         # heatmap: x = lr, y = wd, so the best-wd path reads as a curve across learning rates
         maps.append(
             Heatmap(
@@ -142,37 +142,41 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
                 fit=(fit["slope"], fit["intercept"]) if np.isfinite(fit["slope"]) else None,
             )
         )
-    m["abs_slope_adamw"] = abs(num(m["adamw"]["slope"]))
-    m["abs_slope_adam_l2"] = abs(num(m["adam_l2"]["slope"]))
-    m["slope_gap"] = m["abs_slope_adam_l2"] - m["abs_slope_adamw"]
-    m["interior_fraction"] = min(m["adamw"]["interior_fraction"], m["adam_l2"]["interior_fraction"])
+    measured["abs_slope_adamw"] = abs(num(measured["adamw"]["slope"]))
+    measured["abs_slope_adam_l2"] = abs(num(measured["adam_l2"]["slope"]))
+    measured["slope_gap"] = measured["abs_slope_adam_l2"] - measured["abs_slope_adamw"]
+    measured["interior_fraction"] = min(
+        measured["adamw"]["interior_fraction"], measured["adam_l2"]["interior_fraction"]
+    )
     # How much the best weight decay improves on (almost) none, per method: mean over learning rates of
     # score(smallest wd) - best score. Below MIN_WD_EFFECT the optimum is not identifiable from noise.
     for method in METHODS:
-        z = np.asarray(m[method]["score"], dtype=float)
-        m[method]["wd_effect"] = float(np.nanmean(z[:, 0] - np.nanmin(z, axis=1)))
-    m["wd_effect"] = min(m["adamw"]["wd_effect"], m["adam_l2"]["wd_effect"])
+        z = np.asarray(measured[method]["score"], dtype=float)
+        measured[method]["wd_effect"] = float(np.nanmean(z[:, 0] - np.nanmin(z, axis=1)))
+    measured["wd_effect"] = min(measured["adamw"]["wd_effect"], measured["adam_l2"]["wd_effect"])
     fig = store.figure_path(NAME, "lr_wd_grids")
     plot_heatmaps(
         fig,
         maps,
         "test error (+ 0.001 x test loss)",
-        suptitle=f"MLP on digits, {m['steps']} steps: best weight decay (dots) per learning rate",
+        suptitle=f"MLP on digits, {measured['steps']} steps: best weight decay (dots) per learning rate",
     )
     reading = (
         f"Slope of log10(best weight decay) against log10(learning rate): AdamW (decoupled) "
-        f"{num(m['adamw']['slope']):.2f} (r = {num(m['adamw']['r']):.2f}), Adam+L2 "
-        f"{num(m['adam_l2']['slope']):.2f} (r = {num(m['adam_l2']['r']):.2f}). Best test error: AdamW "
-        f"{m['adamw']['best_score']:.3g}, Adam+L2 {m['adam_l2']['best_score']:.3g}. "
-        f"{m['interior_fraction'] * 100:.0f}% of the rows (worst method) have their best weight decay inside the "
+        f"{num(measured['adamw']['slope']):.2f} (r = {num(measured['adamw']['r']):.2f}), Adam+L2 "
+        f"{num(measured['adam_l2']['slope']):.2f} (r = {num(measured['adam_l2']['r']):.2f}). "
+        f"Best test error: AdamW {measured['adamw']['best_score']:.3g}, "
+        f"Adam+L2 {measured['adam_l2']['best_score']:.3g}. {measured['interior_fraction'] * 100:.0f}% "
+        "of the rows (worst method) have their best weight decay inside the "
         "grid; a best value on the grid's edge is only a bound. The best weight decay improved the test error over "
-        f"almost none by {m['adam_l2']['wd_effect']:.4f} (Adam+L2) and {m['adamw']['wd_effect']:.4f} (AdamW) on "
+        f"almost none by {measured['adam_l2']['wd_effect']:.4f} (Adam+L2) "
+        f"and {measured['adamw']['wd_effect']:.4f} (AdamW) on "
         "average: when that is a few test images, the position of the optimum is noise."
     )
-    return m, [str(fig)], [r.id for r in runs.values()], reading
+    return measured, [str(fig)], [r.id for r in runs.values()], reading
 
 
-def verdict(m: dict[str, Any]) -> Verdict:
+def verdict(measured: dict[str, Any]) -> Verdict:
     """Four checks:
 
     - validity: weight decay matters at all: the best weight decay improves the test error over the
@@ -184,7 +188,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
     - |slope| for Adam+L2 minus |slope| for AdamW >= 0.4 (grey zone ±0.15): Adam+L2's optimum moves
       more with the learning rate (the diagonal).
     """
-    effect = num(m.get("wd_effect"))
+    effect = num(measured.get("wd_effect"))
     matters = Check(
         "wd_effect",
         effect,
@@ -192,7 +196,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
         "supported" if effect >= MIN_WD_EFFECT else "inconclusive",
         "test error gained by the best weight decay over almost none (mean over lrs, worse method)",
     )
-    interior = num(m["interior_fraction"])
+    interior = num(measured["interior_fraction"])
     valid = Check(
         "interior_fraction",
         interior,
@@ -205,13 +209,15 @@ def verdict(m: dict[str, Any]) -> Verdict:
         valid,
         threshold_check(
             "abs_slope_adamw",
-            num(m["abs_slope_adamw"]),
+            num(measured["abs_slope_adamw"]),
             "<=",
             0.4,
             "|d log10 best_wd / d log10 lr| for AdamW (decoupled)",
             margin=0.15,
         ),
-        threshold_check("slope_gap", num(m["slope_gap"]), ">=", 0.4, "|slope| Adam+L2 - |slope| AdamW", margin=0.15),
+        threshold_check(
+            "slope_gap", num(measured["slope_gap"]), ">=", 0.4, "|slope| Adam+L2 - |slope| AdamW", margin=0.15
+        ),
     ]
     if matters.status != "supported":
         expl = (

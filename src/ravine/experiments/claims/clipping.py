@@ -107,7 +107,7 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
         vals = [num(v["final_train_loss"]) for v in per_run.values() if v["clip"] == clip]
         return float(np.median([x if np.isfinite(x) else np.inf for x in vals]))
 
-    m = {
+    measured = {
         "max_norm": MAX_NORM,
         "steps": planned[0].config.steps,
         "runs": per_run,
@@ -119,10 +119,12 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
         "median_final_loss_clip": med_final(True),
         "clip_rate": agg(True, "clip_rate"),
     }
-    m["divergence_rate_reduction"] = m["divergence_rate_noclip"] - m["divergence_rate_clip"]
-    m["spike_reduction"] = m["spikes_per_run_noclip"] - m["spikes_per_run_clip"]
-    fin_nc = m["median_final_loss_noclip"]
-    m["final_loss_clip_over_noclip"] = 0.0 if np.isinf(fin_nc) else ratio(m["median_final_loss_clip"], fin_nc)
+    measured["divergence_rate_reduction"] = measured["divergence_rate_noclip"] - measured["divergence_rate_clip"]
+    measured["spike_reduction"] = measured["spikes_per_run_noclip"] - measured["spikes_per_run_clip"]
+    fin_nc = measured["median_final_loss_noclip"]
+    measured["final_loss_clip_over_noclip"] = (
+        0.0 if np.isinf(fin_nc) else ratio(measured["median_final_loss_clip"], fin_nc)
+    )
     # Figure: the highest learning rate, seed 0, both arms.
     lr_hi = max(v["lr"] for v in per_run.values())
     nc, cl = runs[f"noclip-lr{lr_hi:g}-s0"], runs[f"clip-lr{lr_hi:g}-s0"]
@@ -172,17 +174,19 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
         suptitle=f"Elman RNN on copy (delay {COPY['delay']}), SGD; curves: lr {lr_hi:g}, seed 0",
     )
     reading = (
-        f"Without clipping {m['divergence_rate_noclip'] * 100:.0f}% of the runs diverged (final training loss above "
-        f"twice the initial one, or non-finite), with clipping {m['divergence_rate_clip'] * 100:.0f}%; spikes per run "
-        f"{m['spikes_per_run_noclip']:.1f} vs {m['spikes_per_run_clip']:.1f}. Median final training loss "
-        f"{num(m['median_final_loss_noclip']):.3g} without vs {num(m['median_final_loss_clip']):.3g} with clipping; "
-        f"clipping acted on {m['clip_rate'] * 100:.0f}% of the steps. Clipping bounds the step, it does not "
+        f"Without clipping {measured['divergence_rate_noclip'] * 100:.0f}% of the runs diverged "
+        "(final training loss above twice the initial one, or non-finite), "
+        f"with clipping {measured['divergence_rate_clip'] * 100:.0f}%; spikes per run "
+        f"{measured['spikes_per_run_noclip']:.1f} vs {measured['spikes_per_run_clip']:.1f}. Median final training loss "
+        f"{num(measured['median_final_loss_noclip']):.3g} without "
+        f"vs {num(measured['median_final_loss_clip']):.3g} with clipping; "
+        f"clipping acted on {measured['clip_rate'] * 100:.0f}% of the steps. Clipping bounds the step, it does not "
         "make the RNN solve the long-delay copy task (its loss stays near chance, ln 8 = 2.08)."
     )
-    return m, [str(fig)], [r.id for r in runs.values()], reading
+    return measured, [str(fig)], [r.id for r in runs.values()], reading
 
 
-def verdict(m: dict[str, Any]) -> Verdict:
+def verdict(measured: dict[str, Any]) -> Verdict:
     """Four checks:
 
     - validity: the clipped runs clipped at all (clip rate > 0), i.e. large gradients occurred;
@@ -192,7 +196,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
     - median final training loss with / without clipping < 1 (grey zone ±0.05; a non-finite
       unclipped median counts as ratio 0).
     """
-    rate = num(m["clip_rate"])
+    rate = num(measured["clip_rate"])
     checks = [
         Check(
             "clip_rate",
@@ -203,7 +207,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
         ),
         threshold_check(
             "spike_reduction",
-            num(m["spike_reduction"]),
+            num(measured["spike_reduction"]),
             ">=",
             1.0,
             "loss spikes per run, without minus with clipping",
@@ -211,7 +215,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
         ),
         threshold_check(
             "divergence_rate_reduction",
-            num(m["divergence_rate_reduction"]),
+            num(measured["divergence_rate_reduction"]),
             ">=",
             0.5,
             "fraction of runs that diverged, without minus with clipping",
@@ -219,7 +223,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
         ),
         threshold_check(
             "final_loss_clip_over_noclip",
-            num(m["final_loss_clip_over_noclip"]),
+            num(measured["final_loss_clip_over_noclip"]),
             "<",
             1.0,
             "median final training loss, with / without clipping",

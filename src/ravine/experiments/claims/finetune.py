@@ -140,7 +140,7 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
         copy_acc[v] = final_eval(r, "test_acc")
     copy_before = float(eval_columns(runs["ft-small-lr"])["test_acc"][0])
     forgetting = {v: num(retained[v]) - num(pre_loss) for v in VARIANTS}
-    m = {
+    measured = {
         "lr_pretrain": LR_PRE,
         "lr_small": LR_PRE / SMALL_FACTOR,
         "layer_lr_decay": LLRD,
@@ -206,7 +206,7 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
     )
     reading = (
         f"The pretrained model's language-modelling test loss is {num(pre_loss):.3f}. After "
-        f"{m['finetune_steps']} fine-tuning steps it is "
+        f"{measured['finetune_steps']} fine-tuning steps it is "
         + ", ".join(f"{num(retained[v]):.3f} with {LABELS[v]}" for v in VARIANTS)
         + f"; the copy task's accuracy went from {copy_before:.2f} to "
         + ", ".join(f"{num(copy_acc[v]):.2f}" for v in VARIANTS)
@@ -214,10 +214,10 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
         "number of steps: that is the trade-off the chapter's advice resolves in favour of keeping "
         "pretrained knowledge."
     )
-    return m, [str(fig1), str(fig2)], [r.id for r in runs.values()], reading
+    return measured, [str(fig1), str(fig2)], [r.id for r in runs.values()], reading
 
 
-def verdict(m: dict[str, Any]) -> Verdict:
+def verdict(measured: dict[str, Any]) -> Verdict:
     """Three checks:
 
     - forgetting (increase of the LM test loss) with the small lr / with the pretraining lr < 0.5
@@ -228,7 +228,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
     checks = [
         threshold_check(
             "forgetting_small_over_pretrain_lr",
-            num(m["forgetting_small_over_pretrain_lr"]),
+            num(measured["forgetting_small_over_pretrain_lr"]),
             "<",
             0.5,
             "LM loss increase, small lr / pretraining lr",
@@ -236,7 +236,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
         ),
         threshold_check(
             "forgetting_layerwise_over_pretrain_lr",
-            num(m["forgetting_layerwise_over_pretrain_lr"]),
+            num(measured["forgetting_layerwise_over_pretrain_lr"]),
             "<",
             1.0,
             "LM loss increase, layer-wise decay / pretraining lr",
@@ -244,7 +244,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
         ),
         threshold_check(
             "small_lr_copy_gain",
-            num(m["small_lr_copy_gain"]),
+            num(measured["small_lr_copy_gain"]),
             ">",
             0.0,
             "copy accuracy after - before fine-tuning with the small lr",

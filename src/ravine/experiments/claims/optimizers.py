@@ -117,7 +117,7 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
     loss_gd_t = interp_at(t_equal, curves["gd"]["wall"], curves["gd"]["loss"])
     loss_sgd_t = interp_at(t_equal, curves["sgd"]["wall"], curves["sgd"]["loss"])
     adaptive = min(final["rmsprop"], final["adam"], final["adamw"])
-    m = {
+    measured = {
         "steps": int(planned[0].config.steps),
         "batch_size": BATCH,
         "n_train": 1437,
@@ -183,10 +183,10 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
                 note="above the top: diverged",
             ),
         ],
-        suptitle=f"MLP on digits, {m['steps']} steps, mini-batch {BATCH} (GD: full batch of 1437)",
+        suptitle=f"MLP on digits, {measured['steps']} steps, mini-batch {BATCH} (GD: full batch of 1437)",
     )
     reading = (
-        f"At its best learning rate each optimizer ran {m['steps']} updates. One SGD update (batch {BATCH}) "
+        f"At its best learning rate each optimizer ran {measured['steps']} updates. One SGD update (batch {BATCH}) "
         f"took {cost_ratio:.2f}x the time of one full-batch GD update (median per-step time "
         f"{step_time['sgd'] * 1e3:.2f} ms vs {step_time['gd'] * 1e3:.2f} ms; the fixed per-step cost of a tiny "
         f"model on a CPU keeps this ratio far above the batch fraction {BATCH}/1437). At equal wall-clock "
@@ -198,8 +198,8 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
             f" On a dataset this small a full-batch update costs only {1 / cost_ratio:.1f}x a mini-batch one, so "
             "GD's exact gradient and larger stable learning rate win at equal time; the chapter's argument is "
             "about datasets where one full pass costs thousands of mini-batch updates."
-            if np.isfinite(num(m["sgd_over_gd_loss_at_equal_time"]))
-            and num(m["sgd_over_gd_loss_at_equal_time"]) >= 1
+            if np.isfinite(num(measured["sgd_over_gd_loss_at_equal_time"]))
+            and num(measured["sgd_over_gd_loss_at_equal_time"]) >= 1
             and np.isfinite(cost_ratio)
             and cost_ratio > 0
             else ""
@@ -211,10 +211,10 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
             else " Every best learning rate is inside its grid."
         )
     )
-    return m, [str(fig)], [r.id for r in runs.values()], reading
+    return measured, [str(fig)], [r.id for r in runs.values()], reading
 
 
-def verdict(m: dict[str, Any]) -> Verdict:
+def verdict(measured: dict[str, Any]) -> Verdict:
     """Four checks on the measurements (grey zones make near-ties inconclusive):
 
     - SGD's cost per update / GD's < 1 (grey zone ±0.1);
@@ -225,7 +225,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
     checks = [
         threshold_check(
             "sgd_over_gd_cost_per_update",
-            num(m["sgd_over_gd_cost_per_update"]),
+            num(measured["sgd_over_gd_cost_per_update"]),
             "<",
             1.0,
             "median time of one update, SGD (mini-batch) / GD (full batch)",
@@ -233,7 +233,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
         ),
         threshold_check(
             "sgd_over_gd_loss_at_equal_time",
-            num(m["sgd_over_gd_loss_at_equal_time"]),
+            num(measured["sgd_over_gd_loss_at_equal_time"]),
             "<",
             1.0,
             "training loss after the same wall-clock time, SGD / GD",
@@ -241,7 +241,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
         ),
         threshold_check(
             "momentum_over_sgd_final_loss",
-            num(m["momentum_over_sgd_final_loss"]),
+            num(measured["momentum_over_sgd_final_loss"]),
             "<",
             1.0,
             "final training loss after the same number of steps, momentum / SGD",
@@ -249,7 +249,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
         ),
         threshold_check(
             "best_adaptive_over_sgd_final_loss",
-            num(m["best_adaptive_over_sgd_final_loss"]),
+            num(measured["best_adaptive_over_sgd_final_loss"]),
             "<",
             1.0,
             "final training loss, best of RMSProp/Adam/AdamW / SGD",

@@ -116,7 +116,7 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
     runs.update(train_all(store, NAME, second, progress))
     final = {k: final_eval(runs[k], "test_loss") for k in ORDER}
     total = first[0].config.steps
-    m = {
+    measured = {
         "peak_lr": PEAK,
         "total_steps": total,
         "branch_at": second[0].config.init_from["step"],
@@ -140,14 +140,14 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
     plot_panels(
         fig,
         [
-            Panel("learning rate", "step", "learning rate", s_lr, vlines=[(m["branch_at"], "branch point")]),
+            Panel("learning rate", "step", "learning rate", s_lr, vlines=[(measured["branch_at"], "branch point")]),
             Panel(
                 "held-out loss",
                 "step",
                 "test loss (nats/char)",
                 s_loss,
                 ylim=ylim,
-                vlines=[(m["branch_at"], "branch point")],
+                vlines=[(measured["branch_at"], "branch point")],
             ),
         ],
         suptitle=f"Tiny transformer on text, peak lr {PEAK:g}, {total} steps",
@@ -155,22 +155,23 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
     reading = (
         "Final test loss: " + ", ".join(f"{k} {num(final[k]):.4f}" for k in ORDER) + ". "
         f"The decay phase alone (WSD vs constant, identical until {8 * total // 10} steps): "
-        f"{num(m['wsd_over_constant']):.3f}; cosine/constant = {num(m['cosine_over_constant']):.3f}"
+        f"{num(measured['wsd_over_constant']):.3f}; cosine/constant = {num(measured['cosine_over_constant']):.3f}"
         + (
             " (cosine lowers the rate during the whole run, which costs progress when the model is far from "
             f"converged, as a tiny model after {total} steps is)"
-            if num(m["cosine_over_constant"]) >= 1
+            if num(measured["cosine_over_constant"]) >= 1
             else ""
         )
         + f". WSD is "
-        f"{100 * num(m['wsd_rel_gap_to_cosine']):+.2f}% from cosine at the full length, and the branch decayed from "
-        f"step {m['branch_at']} of the WSD run is {100 * num(m['branch_rel_gap_to_cosine_half']):+.2f}% from a "
+        f"{100 * num(measured['wsd_rel_gap_to_cosine']):+.2f}% from cosine at the full length, "
+        f"and the branch decayed from step {measured['branch_at']} of the WSD run is "
+        f"{100 * num(measured['branch_rel_gap_to_cosine_half']):+.2f}% from a "
         "cosine run trained for the shorter length from scratch."
     )
-    return m, [str(fig)], [r.id for r in runs.values()], reading
+    return measured, [str(fig)], [r.id for r in runs.values()], reading
 
 
-def verdict(m: dict[str, Any]) -> Verdict:
+def verdict(measured: dict[str, Any]) -> Verdict:
     """Three checks on final test losses:
 
     - WSD / constant < 0.99: the decay phase helps by at least 1% (grey zone ±0.005). WSD and constant
@@ -182,7 +183,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
     checks = [
         threshold_check(
             "wsd_over_constant",
-            num(m["wsd_over_constant"]),
+            num(measured["wsd_over_constant"]),
             "<",
             0.99,
             "final test loss, WSD (decay over the last 20%) / constant",
@@ -190,7 +191,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
         ),
         threshold_check(
             "wsd_rel_gap_to_cosine",
-            num(m["wsd_rel_gap_to_cosine"]),
+            num(measured["wsd_rel_gap_to_cosine"]),
             "<=",
             0.02,
             "(WSD - cosine) / cosine, same length",
@@ -198,7 +199,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
         ),
         threshold_check(
             "branch_rel_gap_to_cosine_half",
-            num(m["branch_rel_gap_to_cosine_half"]),
+            num(measured["branch_rel_gap_to_cosine_half"]),
             "<=",
             0.02,
             "(WSD branch - cosine of the branch's length) / cosine",

@@ -175,7 +175,7 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
     d_post = cells["post-no-warmup"]["mean_final_loss"] - cells["post-warmup"]["mean_final_loss"]
     d_pre = cells["pre-no-warmup"]["mean_final_loss"] - cells["pre-warmup"]["mean_final_loss"]
     probe = store.cached(NAME, f"adam_step_change_probe-{size}", lambda: second_moment_probe(size, max(lrs)))
-    m = {
+    measured = {
         "steps": planned[0].config.steps,
         "n_layer": planned[0].config.model_kwargs["n_layer"],
         "lrs": lrs,
@@ -213,7 +213,8 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
                 ylim=(0, 1.05),
             ),
         ],
-        suptitle=f"{m['n_layer']}-layer transformer on text, {m['steps']} steps, {m['seeds']} seeds per cell",
+        suptitle=f"{measured['n_layer']}-layer transformer on text, {measured['steps']} steps, "
+        f"{measured['seeds']} seeds per cell",
     )
     figs.append(str(f1))
     f2 = store.figure_path(NAME, "warmup_curves")
@@ -256,12 +257,12 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
         f"{max(1, probe['steps'] // 10)} steps each parameter's Adam step size lr/sqrt(v_hat) changes "
         f"{probe['early_over_late']:.1f}x more from one step to the next than in the second half of a "
         f"{probe['steps']}-step probe. The Post-LN instability grows with depth and learning rate; a "
-        f"{m['n_layer']}-layer model of width 32 is at the small end of where it shows."
+        f"{measured['n_layer']}-layer model of width 32 is at the small end of where it shows."
     )
-    return m, figs, [r.id for r in runs.values()], reading
+    return measured, figs, [r.id for r in runs.values()], reading
 
 
-def verdict(m: dict[str, Any]) -> Verdict:
+def verdict(measured: dict[str, Any]) -> Verdict:
     """Three checks:
 
     - warmup helps Post-LN: mean final test loss without minus with warmup > 0.05 nats (grey ±0.03);
@@ -271,7 +272,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
     checks = [
         threshold_check(
             "warmup_gain_post",
-            num(m["warmup_gain_post"]),
+            num(measured["warmup_gain_post"]),
             ">",
             0.05,
             "Post-LN mean final test loss, no warmup - warmup (nats)",
@@ -279,7 +280,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
         ),
         threshold_check(
             "post_minus_pre_gain",
-            num(m["post_minus_pre_gain"]),
+            num(measured["post_minus_pre_gain"]),
             ">",
             0.03,
             "warmup gain of Post-LN - warmup gain of Pre-LN (nats)",
@@ -287,7 +288,7 @@ def verdict(m: dict[str, Any]) -> Verdict:
         ),
         threshold_check(
             "adam_v_early_over_late",
-            num(m["adam_v_early_over_late"]),
+            num(measured["adam_v_early_over_late"]),
             ">=",
             2.0,
             "per-step change of lr/sqrt(v_hat), first 10% of steps / second half",
