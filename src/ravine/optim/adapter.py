@@ -1,6 +1,6 @@
 """The torch adapter: run any transform as a real ``torch.optim.Optimizer``.
 
-How it answers the design questions (the design notes live with the project, not in this package):
+The choices it makes, one per question a torch user asks:
 
 - **Per-group hyperparameters.** The transform's hyperparameters are the optimizer's ``defaults``;
   a param group may override any of them (``{"params": biases, "weight_decay": 0.0}``). At each
