@@ -237,7 +237,7 @@ def _global_norm(tensors: list[torch.Tensor]) -> float:
     if not tensors:
         return 0.0
     norms = torch._foreach_norm(
-        [t.detach().float() if t.dtype in (torch.float16, torch.bfloat16) else t.detach() for t in tensors]
+        [x.detach().float() if x.dtype in (torch.float16, torch.bfloat16) else x.detach() for x in tensors]
     )
     return float(torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms])))
 
@@ -403,7 +403,7 @@ def _setup(
     model = model.to(device=device, dtype=dtype)
     base_lr = config.optimizer_kwargs.get("lr")
     opt, grad_clip = _make_optimizer(config, model, _param_groups(model, base_lr, config.layer_lr_decay), factory)
-    t = _Training(
+    training = _Training(
         config=config,
         run_dir=run_dir,
         device=device,
@@ -418,7 +418,7 @@ def _setup(
         params=[p for g in opt.param_groups for p in g["params"]],
     )
     torch.manual_seed(config.seed + 1)  # dropout
-    return t, spec
+    return training, spec
 
 
 def _load_init(model: nn.Module, init_from: dict[str, Any], device: torch.device) -> tuple[int, dict[str, Any] | None]:
@@ -433,29 +433,31 @@ def _load_init(model: nn.Module, init_from: dict[str, Any], device: torch.device
     return step, None
 
 
-def _restore(t: _Training, resume: bool) -> None:
+def _restore(training: _Training, resume: bool) -> None:
     """Continue from this run's latest checkpoint, or start from ``init_from``, or from scratch; the
     metrics file keeps exactly the records up to the starting step."""
-    metrics_path = t.run_dir / "metrics.jsonl"
-    ckpts = _runs.list_checkpoints(t.run_dir) if resume else []
+    metrics_path = training.run_dir / "metrics.jsonl"
+    ckpts = _runs.list_checkpoints(training.run_dir) if resume else []
     state = None
     if ckpts:
-        t.start, weights, state = _runs.load_checkpoint(t.run_dir, ckpts[-1], map_location=t.device)
-        t.model.load_state_dict(weights)
-        _runs.truncate_metrics(metrics_path, t.start)
-    elif t.config.init_from is not None:
-        parent_step, state = _load_init(t.model, t.config.init_from, t.device)
+        training.start, weights, state = _runs.load_checkpoint(
+            training.run_dir, ckpts[-1], map_location=training.device
+        )
+        training.model.load_state_dict(weights)
+        _runs.truncate_metrics(metrics_path, training.start)
+    elif training.config.init_from is not None:
+        parent_step, state = _load_init(training.model, training.config.init_from, training.device)
         if state is not None:  # restore="all": continue the parent's records
-            t.start = parent_step
-            parent = _runs.read_jsonl(Path(t.config.init_from["run"]) / "metrics.jsonl")
-            kept = [r for r in parent if int(r.get("step", 0)) <= t.start]
+            training.start = parent_step
+            parent = _runs.read_jsonl(Path(training.config.init_from["run"]) / "metrics.jsonl")
+            kept = [r for r in parent if int(r.get("step", 0)) <= training.start]
             _runs.atomic_write_text(metrics_path, "".join(_runs._encode_record(r) + "\n" for r in kept))
         else:
             _runs.truncate_metrics(metrics_path, -1)
     else:
         _runs.truncate_metrics(metrics_path, -1)
     if state is not None:
-        t.load_state(state)
+        training.load_state(state)
 
 
 # ----------------------------------------------------------------------------------------------- step
@@ -471,37 +473,37 @@ def _clip_grads(clip: ro.Transform, grads: list[torch.Tensor]) -> tuple[float, b
     return float(info["norm"]), bool(info["clipped"])
 
 
-def _update(t: _Training) -> tuple[dict[str, Any], float]:
+def _update(training: _Training) -> tuple[dict[str, Any], float]:
     """Clip, check and apply the update to the gradients just computed: the step's gradient
     statistics, and the seconds spent clipping and updating (the bookkeeping around them excluded)."""
-    grads = [p.grad for p in t.params if p.grad is not None]
-    norm = _global_norm(grads) if t.config.clip is None else None  # else the clipping measures it
-    prev = [p.detach().clone() for p in t.params]
+    grads = [p.grad for p in training.params if p.grad is not None]
+    norm = _global_norm(grads) if training.config.clip is None else None  # else the clipping measures it
+    prev = [p.detach().clone() for p in training.params]
     prev_norm = _global_norm(prev)
-    ours = isinstance(t.opt, ro.Optimizer)
-    skipped_before = t.opt.skipped_steps if ours else 0
+    ours = isinstance(training.opt, ro.Optimizer)
+    skipped_before = training.opt.skipped_steps if ours else 0
 
     t0 = time.perf_counter()
     clipped = False
-    if t.grad_clip is not None:
-        norm, clipped = _clip_grads(t.grad_clip, grads)
+    if training.grad_clip is not None:
+        norm, clipped = _clip_grads(training.grad_clip, grads)
     if ours or math.isfinite(norm):  # ravine's optimizer skips non-finite gradients itself
-        t.opt.step()
-        _sync(t.device)
+        training.opt.step()
+        _sync(training.device)
     seconds = time.perf_counter() - t0
 
-    skipped = t.opt.skipped_steps > skipped_before if ours else not math.isfinite(norm)
-    stats = t.opt.stats if ours and not skipped else {}
-    if t.clip_in_chain and not skipped:  # the chain measured both norms
+    skipped = training.opt.skipped_steps > skipped_before if ours else not math.isfinite(norm)
+    stats = training.opt.stats if ours and not skipped else {}
+    if training.clip_in_chain and not skipped:  # the chain measured both norms
         norm, post, clipped = float(stats["grad_norm"]), float(stats["clipped_norm"]), bool(stats["clipped"])
-    elif t.clip_in_chain:  # skipped before the chain ran
+    elif training.clip_in_chain:  # skipped before the chain ran
         norm = post = _global_norm(grads)
     else:
-        post = _global_norm(grads) if t.grad_clip is not None and not skipped else norm
+        post = _global_norm(grads) if training.grad_clip is not None and not skipped else norm
     if skipped:
         ratio = 0.0
     else:
-        torch._foreach_sub_(prev, [p.detach() for p in t.params])  # prev := w_{k-1} - w_k
+        torch._foreach_sub_(prev, [p.detach() for p in training.params])  # prev := w_{k-1} - w_k
         delta = _global_norm(prev)
         ratio = delta / prev_norm if prev_norm > 0 else (0.0 if delta == 0 else math.inf)
     rec: dict[str, Any] = {
@@ -511,48 +513,48 @@ def _update(t: _Training) -> tuple[dict[str, Any], float]:
         "update_ratio": ratio,
         "skipped": skipped,
     }
-    if t.config.clip is None and "grad_norm" in stats:  # a factory's chain that clips by itself
+    if training.config.clip is None and "grad_norm" in stats:  # a factory's chain that clips by itself
         rec["opt_grad_norm"] = float(stats["grad_norm"])
         rec["opt_clipped"] = bool(stats.get("clipped", False))
     return rec, seconds
 
 
-def _step(t: _Training, step: int) -> dict[str, Any]:
+def _step(training: _Training, step: int) -> dict[str, Any]:
     """Update ``step`` (1-based): learning rate, batch, forward, backward, update; its record."""
     t0 = time.perf_counter()
-    if t.schedule is not None:
-        lr_now = float(t.schedule(step - 1))
-        for g, r in zip(t.opt.param_groups, t.ratios):
+    if training.schedule is not None:
+        lr_now = float(training.schedule(step - 1))
+        for g, r in zip(training.opt.param_groups, training.ratios):
             g["lr"] = lr_now * r
-    xb, yb = t.sampler.next()
-    xb = xb.to(t.device, non_blocking=True)
+    xb, yb = training.sampler.next()
+    xb = xb.to(training.device, non_blocking=True)
     if xb.is_floating_point():
-        xb = xb.to(t.dtype)
-    yb = yb.to(t.device, non_blocking=True)
-    t.opt.zero_grad(set_to_none=True)
-    loss = loss_fn(t.model(xb).float(), yb)
+        xb = xb.to(training.dtype)
+    yb = yb.to(training.device, non_blocking=True)
+    training.opt.zero_grad(set_to_none=True)
+    loss = loss_fn(training.model(xb).float(), yb)
     loss_v = float(loss.detach())
     seconds = time.perf_counter() - t0
-    lr = t.opt.param_groups[0].get("lr")
+    lr = training.opt.param_groups[0].get("lr")
     rec: dict[str, Any] = {
         "kind": "step",
         "step": step,
         "loss": loss_v,
-        "lr": float(lr) / t.ratios[0] if isinstance(lr, float | int) else None,
+        "lr": float(lr) / training.ratios[0] if isinstance(lr, float | int) else None,
     }
-    if _diverged(loss_v, t.config.divergence_loss):
-        t.elapsed += seconds
-        rec.update(diverged=True, time=seconds, wall=t.elapsed, skipped_total=t.skipped_total)
+    if _diverged(loss_v, training.config.divergence_loss):
+        training.elapsed += seconds
+        rec.update(diverged=True, time=seconds, wall=training.elapsed, skipped_total=training.skipped_total)
         return rec
     t1 = time.perf_counter()
     loss.backward()
-    _sync(t.device)
+    _sync(training.device)
     seconds += time.perf_counter() - t1
-    grad_stats, update_seconds = _update(t)
+    grad_stats, update_seconds = _update(training)
     seconds += update_seconds
-    t.skipped_total += grad_stats["skipped"]
-    t.elapsed += seconds
-    rec.update(grad_stats, skipped_total=t.skipped_total, time=seconds, wall=t.elapsed)
+    training.skipped_total += grad_stats["skipped"]
+    training.elapsed += seconds
+    rec.update(grad_stats, skipped_total=training.skipped_total, time=seconds, wall=training.elapsed)
     return rec
 
 
@@ -563,26 +565,32 @@ class _Recorder:
     """Writes what the loop measures: step records, evaluations, Hessian eigenvalues, checkpoints,
     TensorBoard scalars and the progress bar, each when the config says it is due."""
 
-    def __init__(self, t: _Training, progress: bool, on_step: Callable[[dict[str, Any]], Any] | None):
-        self.t, self.cfg, self.on_step = t, t.config, on_step
-        self.writer = _runs.MetricsWriter(t.run_dir / "metrics.jsonl")
-        self.tb = _TB(t.run_dir, self.cfg.tensorboard, t.start)
+    def __init__(self, training: _Training, progress: bool, on_step: Callable[[dict[str, Any]], Any] | None):
+        self.training, self.config, self.on_step = training, training.config, on_step
+        self.writer = _runs.MetricsWriter(training.run_dir / "metrics.jsonl")
+        self.tb = _TB(training.run_dir, self.config.tensorboard, training.start)
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.cfg.steps, initial=t.start, desc=t.run_dir.name, leave=False, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=self.config.steps,
+                initial=training.start,
+                desc=training.run_dir.name,
+                leave=False,
+                dynamic_ncols=True,
+            )
         self.hessian_data = None
-        if self.cfg.hessian_every:
-            x, y = t.dataset.eval_data("train")
-            n = min(self.cfg.hessian_samples, len(x))
-            x, y = x[:n].to(t.device), y[:n].to(t.device)
-            self.hessian_data = (x.to(t.dtype) if x.is_floating_point() else x, y)
+        if self.config.hessian_every:
+            x, y = training.dataset.eval_data("train")
+            n = min(self.config.hessian_samples, len(x))
+            x, y = x[:n].to(training.device), y[:n].to(training.device)
+            self.hessian_data = (x.to(training.dtype) if x.is_floating_point() else x, y)
 
     def begin(self) -> None:
         """The measurements of the initial model (a fresh run only)."""
         self.evaluate(0)
-        if self.cfg.hessian_every:
+        if self.config.hessian_every:
             self.hessian(0)
 
     def step(self, rec: dict[str, Any]) -> None:
@@ -592,18 +600,18 @@ class _Recorder:
         if rec.get("diverged"):
             if self.on_step is not None:
                 self.on_step(rec)
-            if step - 1 > self.t.start:
+            if step - 1 > self.training.start:
                 self.checkpoint(step - 1)  # the last weights, which gave the non-finite loss
             return
         self.tb.scalars(rec, "train")
         if self.on_step is not None:
             self.on_step(rec)
-        last = step == self.cfg.steps
-        if (self.cfg.eval_every and step % self.cfg.eval_every == 0) or last:
+        last = step == self.config.steps
+        if (self.config.eval_every and step % self.config.eval_every == 0) or last:
             self.evaluate(step)
-        if self.cfg.hessian_every and step % self.cfg.hessian_every == 0:
+        if self.config.hessian_every and step % self.config.hessian_every == 0:
             self.hessian(step)
-        if (self.cfg.checkpoint_every and step % self.cfg.checkpoint_every == 0) or last:
+        if (self.config.checkpoint_every and step % self.config.checkpoint_every == 0) or last:
             self.checkpoint(step)
         if self.bar is not None:
             self.bar.update(1)
@@ -611,40 +619,42 @@ class _Recorder:
                 self.bar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
 
     def evaluate(self, step: int) -> None:
-        tr = evaluate(self.t.model, self.t.dataset, "train", self.cfg.eval_batch_size)
-        te = evaluate(self.t.model, self.t.dataset, "test", self.cfg.eval_batch_size)
+        train_set = evaluate(self.training.model, self.training.dataset, "train", self.config.eval_batch_size)
+        test_set = evaluate(self.training.model, self.training.dataset, "test", self.config.eval_batch_size)
         rec = {
             "kind": "eval",
             "step": step,
-            "train_loss": tr["loss"],
-            "train_acc": tr["acc"],
-            "test_loss": te["loss"],
-            "test_acc": te["acc"],
+            "train_loss": train_set["loss"],
+            "train_acc": train_set["acc"],
+            "test_loss": test_set["loss"],
+            "test_acc": test_set["acc"],
         }
         self.writer.write(rec)
         self.tb.scalars(rec, "eval")
 
     def hessian(self, step: int) -> None:
-        eigs = _hessian_top(self.t.model, self.hessian_data, self.cfg.seed)
+        eigs = _hessian_top(self.training.model, self.hessian_data, self.config.seed)
         self.writer.write({"kind": "hessian", "step": step, "top_eig": eigs[0], "eigs": eigs})
         self.tb.scalars({"step": step, "top_eig": eigs[0]}, "hessian")
 
     def checkpoint(self, step: int) -> None:
         self.writer.fsync()  # the records up to a checkpoint are durable when it is
-        state = self.t.checkpoint_state(step)
-        _runs.save_checkpoint(self.t.run_dir, step, self.t.model, state, keep=self.cfg.keep_checkpoints)
+        state = self.training.checkpoint_state(step)
+        _runs.save_checkpoint(
+            self.training.run_dir, step, self.training.model, state, keep=self.config.keep_checkpoints
+        )
 
     def finish(self, status: str, end_step: int) -> None:
         self.writer.fsync()
         info: dict[str, Any] = {
             "step": end_step,
-            "steps": self.cfg.steps,
-            "wall": self.t.elapsed,
-            "skipped_total": self.t.skipped_total,
+            "steps": self.config.steps,
+            "wall": self.training.elapsed,
+            "skipped_total": self.training.skipped_total,
         }
         if status == "diverged":
             info["diverged_at"] = end_step
-        _runs.write_status(self.t.run_dir, status, **info)
+        _runs.write_status(self.training.run_dir, status, **info)
 
     def close(self) -> None:
         self.writer.close()
@@ -723,19 +733,19 @@ def _train_locked(
     _runs.atomic_write_json(run_dir / "config.json", config.to_dict())
     device = torch.device(config.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        t, spec = _setup(config, run_dir, optimizer_factory)
-        _restore(t, resume)
-        _runs.atomic_write_json(run_dir / "metadata.json", _metadata(t, spec))
-        _runs.write_status(run_dir, "running", step=t.start, steps=config.steps)
+        training, spec = _setup(config, run_dir, optimizer_factory)
+        _restore(training, resume)
+        _runs.atomic_write_json(run_dir / "metadata.json", _metadata(training, spec))
+        _runs.write_status(run_dir, "running", step=training.start, steps=config.steps)
 
-        recorder = _Recorder(t, progress, on_step)
+        recorder = _Recorder(training, progress, on_step)
         try:
-            if t.start == 0:
+            if training.start == 0:
                 recorder.begin()
             status, end_step = "completed", config.steps
-            with training_mode(t.model):
-                for step in range(t.start + 1, config.steps + 1):
-                    rec = _step(t, step)
+            with training_mode(training.model):
+                for step in range(training.start + 1, config.steps + 1):
+                    rec = _step(training, step)
                     recorder.step(rec)
                     if rec.get("diverged"):
                         status, end_step = "diverged", step
@@ -745,13 +755,13 @@ def _train_locked(
             recorder.close()
 
 
-def _metadata(t: _Training, spec: dict[str, Any]) -> dict[str, Any]:
+def _metadata(training: _Training, spec: dict[str, Any]) -> dict[str, Any]:
     return {
-        "run_id": t.run_dir.name,
-        "config_hash": t.config.run_id(),
-        "data": t.dataset.metadata(),
+        "run_id": training.run_dir.name,
+        "config_hash": training.config.run_id(),
+        "data": training.dataset.metadata(),
         "model": spec,
-        "n_params": int(sum(p.numel() for p in t.model.parameters())),
-        "optimizer_class": f"{type(t.opt).__module__}.{type(t.opt).__qualname__}",
+        "n_params": int(sum(p.numel() for p in training.model.parameters())),
+        "optimizer_class": f"{type(training.opt).__module__}.{type(training.opt).__qualname__}",
         "versions": _versions(),
     }
