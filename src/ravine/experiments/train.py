@@ -51,6 +51,14 @@ states and the loop counters; resuming truncates the metrics after the checkpoin
 giving records identical to an uninterrupted run except ``time`` and ``wall``. "Identical" holds on
 one machine with one number of torch threads (``torch.get_num_threads()``, recorded in
 ``metadata.json``): float reductions may round differently with another thread count.
+
+One process trains a run at a time: :func:`train` holds ``fcntl.flock`` on ``run_dir/lock``, which
+the kernel releases when the process ends, however it ends; a second trainer gets RuntimeError.
+
+Reading order, as in nanoGPT's train.py: :func:`train` takes the lock; ``_setup`` builds data, model,
+optimizer, schedule and sampler; ``_restore`` continues from a checkpoint or a parent run; then the
+loop calls ``_step`` (one update and its record) and hands each record to a ``_Recorder``
+(evaluations, Hessian, checkpoints, progress, status).
 """
 
 from __future__ import annotations
@@ -113,11 +121,13 @@ def _param_groups(model: nn.Module, lr: float | None, layer_lr_decay: float | No
     if lr is None:
         raise ValueError("layer_lr_decay needs optimizer_kwargs['lr']")
     named = dict(model.named_parameters())
-    groups = _models.layer_groups(model)
-    n = len(groups)
+    layers = _models.layer_groups(model)  # input to output
     return [
-        {"params": [named[k] for k in g if named[k].requires_grad], "lr": lr * layer_lr_decay ** (n - 1 - i)}
-        for i, g in enumerate(groups)
+        {
+            "params": [named[k] for k in names if named[k].requires_grad],
+            "lr": lr * layer_lr_decay ** (len(layers) - 1 - i),
+        }
+        for i, names in enumerate(layers)
     ]
 
 
