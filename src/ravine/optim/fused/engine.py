@@ -135,29 +135,30 @@ class FusedEngine:
                 for flat in flats:
                     self._advance(host, flat)
                 return infos
-            steps = [[(t, flat.params, flat.step)] for t, flat in zip(ts, flats)]
+            runs = [[(t, flat.params, flat.step)] for t, flat in zip(ts, flats)]
         else:
-            steps = [
+            runs = [
                 [(host.transform_at(group, flat.step), flat.params, flat.step)]
                 if flat is not None
                 else host.unfused_plans(group, params)
                 for group, params, flat in plans
             ]
-        return self._run_eager(host, plans, steps)
+        return self._run_eager(host, plans, runs)
 
-    def _run_eager(self, host: Host, plans: list[tuple], steps: list[list[tuple]]) -> list[dict[str, Any]]:
-        """Each group on its own: unfused, flat, or a one-group compiled graph."""
+    def _run_eager(self, host: Host, plans: list[tuple], runs: list[list[tuple]]) -> list[dict[str, Any]]:
+        """Each group on its own (``runs``: per group, its (chain, parameters, step) calls):
+        unfused, flat, or a one-group compiled graph."""
         units = []
-        for (_, _, flat), group_steps in zip(plans, steps):
-            for t, params, _ in group_steps:
+        for (_, _, flat), group_runs in zip(plans, runs):
+            for t, params, _ in group_runs:
                 grads = flat.flat_grads if flat is not None else [p.grad for p in params]
                 units.append((grads, clips_globally(t)))
         total = host.check(units)
         if total is False:
             return []
         stats: list[dict[str, Any]] = []
-        for (_, _, flat), group_steps in zip(plans, steps):
-            for t, params, step in group_steps:
+        for (_, _, flat), group_runs in zip(plans, runs):
+            for t, params, step in group_runs:
                 norm = total if clips_globally(t) else None
                 if flat is None:
                     stats.append(host.update(t, params, step, norm))
