@@ -3,8 +3,10 @@ whether the fused path may run them (``@transform(fusable=True)``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -109,3 +111,32 @@ def test_a_primitive_declares_itself_fusable():
     assert opts[1]._fused.groups  # it ran on flat buffers
     for a, b in zip(*(m.parameters() for m in models)):
         torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
+
+
+def test_group_values_are_filled_only_where_a_transform_needs_them():
+    """Decoupled AdamW needs the group's peak learning rate (a torch scheduler's ``initial_lr``):
+    ``p = p (1 - wd * lr_t / peak) - ...``; torch's convention needs nothing and never warns."""
+    w = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = ro.Optimizer([w], ro.adamw(0.1, weight_decay=0.01, decay_convention="decoupled"))
+    assert opt.transform.needs == {"lr_peak"}
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5**k)
+    for _ in range(3):
+        w.grad = torch.zeros(3, dtype=torch.float64)
+        opt.step()
+        sched.step()
+    torch.testing.assert_close(w.detach(), torch.ones(3, dtype=torch.float64) * 0.99 * 0.995 * 0.9975)
+    assert not ro.adamw(0.1).needs and not ro.adamw(0.1, decay_convention="decoupled", lr_peak=0.1).needs
+    v = torch.nn.Parameter(torch.ones(3))
+    opt = ro.Optimizer([v], ro.adamw(0.01))
+    v.grad = torch.zeros(3)
+    opt.step()
+    opt.param_groups[0]["lr"] = 0.1  # a hand-written warmup: fine for torch's convention
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()
+
+
+def test_a_need_the_optimizer_cannot_fill_is_refused():
+    t = dataclasses.replace(ro.sgd(0.1), needs=frozenset({"batch_size"}))
+    with pytest.raises(ValueError, match=r"needs \['batch_size'\]; the optimizer provides \['lr_peak'\]"):
+        ro.Optimizer([torch.nn.Parameter(torch.ones(2))], t)
