@@ -64,9 +64,9 @@ def _peak_lr(group: dict[str, Any], advance: bool) -> float:
     if advance and group["lr"] > peak and not group.get("warned_lr_peak"):
         group["warned_lr_peak"] = True
         warnings.warn(
-            f"lr_peak defaults to the group's first learning rate {peak!r} (decoupled weight decay scales "
-            f"by lr / lr_peak), but group['lr'] is now {group['lr']!r}: pass lr_peak=... (the schedule's "
-            "peak) when you set group['lr'] yourself, or use a ravine schedule or a torch LR scheduler",
+            f"lr_peak (where the learning rate peaks) defaults to the group's first learning rate {peak!r}, "
+            f"but group['lr'] is now {group['lr']!r}: pass lr_peak=... (the schedule's peak) when you set "
+            "group['lr'] yourself, or use a ravine schedule or a torch LR scheduler",
             RuntimeWarning,
             stacklevel=5,
         )
