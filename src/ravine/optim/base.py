@@ -63,6 +63,11 @@ class Transform:
     ``with_hyperparams(**kw)`` rebuilds the same transform with some of them replaced (the state
     layout is unchanged as long as structural options such as ``amsgrad`` are kept). The torch
     adapter uses this to run one chain with per-group hyperparameters.
+
+    What a transform declares about itself: ``fusable`` / ``compilable`` (set by
+    ``@transform(fusable=...)`` where a primitive is defined: whether the fused path may run it on
+    flat buffers, and compile it) and ``needs`` (hyperparameters left ``None`` that the torch
+    adapter fills from the param group, e.g. AdamW's ``lr_peak`` in the paper's convention).
     """
 
     init: Callable[[Params], State]
