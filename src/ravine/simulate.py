@@ -520,19 +520,21 @@ class _Stepper:
 
 
 class _Record:
-    """Steps as the engine writes them down: the whole run (:func:`run`) or a reused block (:func:`sweep`).
+    """Steps as the engine writes them down: the whole run, kept (:func:`run`), or a reused block (:func:`sweep`).
 
     ``exact_norms`` (``||grad f(xy_k)||``, for the gradient-norm tolerance) only where the surface has no
-    known minimum; ``grad_norms`` (of the possibly noisy gradient) and ``clipped`` only for :func:`run`.
+    known minimum; ``grad_norms`` (of the possibly noisy gradient) and ``clipped`` only in a kept record.
     """
 
-    def __init__(self, length: int, like: torch.Tensor, exact_norms: bool, per_step: bool):
+    def __init__(self, length: int, like: torch.Tensor, exact_norms: bool, kept: bool):
         rows, dtype, device = like.shape[0], like.dtype, like.device
+        self.kept = kept
         self.positions = torch.empty(length, rows, 2, dtype=dtype, device=device)
         self.losses = torch.empty(length, rows, dtype=dtype, device=device)
         self.exact_norms = torch.empty(length, rows, dtype=dtype, device=device) if exact_norms else None
-        self.grad_norms = torch.empty(length, rows, dtype=dtype, device=device) if per_step else None
-        self.clipped = torch.zeros(length, rows, dtype=torch.bool, device=device) if per_step else None
+        per_step = length if kept else 0
+        self.grad_norms = torch.empty(per_step, rows, dtype=dtype, device=device)
+        self.clipped = torch.zeros(per_step, rows, dtype=torch.bool, device=device)
 
     def point(self, i: int, xy: torch.Tensor, v: torch.Tensor, g: torch.Tensor) -> None:
         self.positions[i] = xy
@@ -541,7 +543,7 @@ class _Record:
             self.exact_norms[i] = torch.linalg.vector_norm(g, dim=-1)
 
     def gradient(self, i: int, g: torch.Tensor, clip: _Clip | None) -> None:
-        if self.grad_norms is None or self.clipped is None:
+        if not self.kept:
             return
         norm = torch.linalg.vector_norm(g, dim=-1)
         self.grad_norms[i] = norm
@@ -557,11 +559,11 @@ def _first_true(mask: torch.Tensor) -> torch.Tensor:
 
 
 class _Ledger:
-    """Divergence, the freeze and steps to tolerance, read off the record one block of steps at a time.
+    """Divergence, steps to tolerance and the freeze, read off the record one block of steps at a time.
 
     Row ``r`` diverges at the first step ``d`` whose loss is not finite, or whose position is not finite or
-    more than ``limit`` from the domain's centre. From ``d`` on its record holds its step-``d`` position and
-    loss, its gradient norms are NaN and nothing counts as clipped or within tolerance.
+    more than ``limit`` from the domain's centre. Nothing from ``d`` on counts as within tolerance, and a kept
+    record holds the step-``d`` position and loss from ``d`` on, NaN gradient norms and nothing clipped.
     """
 
     def __init__(self, surface: Surface, tol: float, xy0: torch.Tensor):
@@ -584,26 +586,30 @@ class _Ledger:
         ok = ((positions - self.centre).abs() <= self.limit).all(-1) & (losses.abs() < math.inf)
         bad = _first_true(~ok)
         newly = (self.diverged_at < 0) & (bad >= 0)
-        at, rows = bad.clamp(min=0), torch.arange(bad.shape[0], device=bad.device)
-        self.frozen_xy = torch.where(newly[:, None], positions[at, rows], self.frozen_xy)
-        self.frozen_loss = torch.where(newly, losses[at, rows], self.frozen_loss)
         self.diverged_at = torch.where(newly, first_step + bad, self.diverged_at)
-
-        steps = first_step + torch.arange(count, device=bad.device)
-        frozen = (steps[:, None] >= self.diverged_at[None, :]) & (self.diverged_at >= 0)[None, :]
-        positions.copy_(torch.where(frozen[..., None], self.frozen_xy, positions))
-        losses.copy_(torch.where(frozen, self.frozen_loss, losses))
-        if record.grad_norms is not None and record.clipped is not None:
-            record.grad_norms[:count].masked_fill_(frozen, math.nan)
-            record.clipped[:count].masked_fill_(frozen, False)
 
         if self.f_min is not None:
             at_tol = losses - self.f_min <= self.tol
         else:
             assert record.exact_norms is not None
             at_tol = record.exact_norms[:count] <= self.tol
-        hit = _first_true(at_tol & ~frozen)
-        self.steps_to_tol = torch.where((self.steps_to_tol < 0) & (hit >= 0), first_step + hit, self.steps_to_tol)
+        hit = first_step + _first_true(at_tol)  # a first hit at or after d means no hit before d either
+        first = (self.steps_to_tol < 0) & (hit >= first_step) & ((self.diverged_at < 0) | (hit < self.diverged_at))
+        self.steps_to_tol = torch.where(first, hit, self.steps_to_tol)
+
+        if record.kept:
+            at, rows = bad.clamp(min=0), torch.arange(bad.shape[0], device=bad.device)
+            self.frozen_xy = torch.where(newly[:, None], positions[at, rows], self.frozen_xy)
+            self.frozen_loss = torch.where(newly, losses[at, rows], self.frozen_loss)
+            self._freeze(first_step, record, count)
+
+    def _freeze(self, first_step: int, record: _Record, count: int) -> None:
+        steps = first_step + torch.arange(count, device=self.diverged_at.device)
+        frozen = (steps[:, None] >= self.diverged_at[None, :]) & (self.diverged_at >= 0)[None, :]
+        record.positions[:count] = torch.where(frozen[..., None], self.frozen_xy, record.positions[:count])
+        record.losses[:count] = torch.where(frozen, self.frozen_loss, record.losses[:count])
+        record.grad_norms[:count].masked_fill_(frozen, math.nan)
+        record.clipped[:count].masked_fill_(frozen, False)
 
 
 def _simulate(setup: _Setup, xy0: torch.Tensor, record: bool) -> _Outcome:
@@ -619,7 +625,7 @@ def _simulate(setup: _Setup, xy0: torch.Tensor, record: bool) -> _Outcome:
     surface, steps = setup.surface, setup.steps
     length = steps + 1 if record else max(1, min(steps + 1, _BLOCK_CELLS // xy0.shape[0]))
     ledger = _Ledger(surface, setup.tol, xy0)
-    rec = _Record(length, xy0, exact_norms=ledger.f_min is None, per_step=record)
+    rec = _Record(length, xy0, exact_norms=ledger.f_min is None, kept=record)
     noise = _Noise(setup.noise_std, setup.seeds, xy0)
     stepper = _Stepper(setup, xy0)
     xy = stepper.xy
@@ -639,7 +645,6 @@ def _simulate(setup: _Setup, xy0: torch.Tensor, record: bool) -> _Outcome:
     final_loss = torch.where(ledger.diverged_at >= 0, math.nan, v)
     if not record:
         return _Outcome(ledger.diverged_at, ledger.steps_to_tol, final_loss)
-    assert rec.grad_norms is not None and rec.clipped is not None
     return _Outcome(ledger.diverged_at, ledger.steps_to_tol, final_loss, rec.positions, rec.losses,
                     rec.grad_norms[:-1], rec.clipped[:-1])
 
