@@ -143,7 +143,7 @@ def test_sweep_cells_equal_runs_alone_with_noise_and_adam():
             assert sw.diverged_at[i, j] == alone.diverged_at[0]
 
 
-def test_recorded_trajectories_equal_the_step_by_step_engine_on_a_saddle():
+def test_sweep_cells_equal_recorded_runs_on_a_saddle():
     """run() books its whole record at once; sweep() reads its record a block of steps at a time. Same numbers,
     here with the gradient-norm criterion (no known minimum), value clipping, noise and diverging rows."""
     s = rs.get("saddle")

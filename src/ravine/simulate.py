@@ -618,9 +618,9 @@ def _simulate(setup: _Setup, xy0: torch.Tensor, record: bool) -> _Outcome:
     The loop only steps and writes down; the bookkeeping (:class:`_Ledger`) reads the record afterwards, a
     block of steps at a time. That is exact because rows are independent (every transform here acts row by
     row: the optimizers are elementwise, norm clipping is per row, noise is drawn per row or shared), so a
-    row that diverged may go on stepping without touching the others, and the ledger freezes its record from
-    the step it diverged. With ``record`` the block is the whole run; a sweep reuses blocks of at most
-    ``_BLOCK_CELLS / rows`` steps.
+    row that diverged may go on stepping without touching the others (the ledger ignores it from the step it
+    diverged, and freezes it there in a kept record). With ``record`` the record is the whole run, kept; a
+    sweep reuses blocks of at most ``_BLOCK_CELLS / rows`` steps.
     """
     surface, steps = setup.surface, setup.steps
     length = steps + 1 if record else max(1, min(steps + 1, _BLOCK_CELLS // xy0.shape[0]))
