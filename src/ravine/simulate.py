@@ -802,8 +802,8 @@ def sweep(
     surface = _as_surface(surface)
     check("optimizer", optimizer, Options(ro.names()))
     allowed = ro.hyperparam_names(optimizer)
-    x_name, xv = _axis(x, "x", allowed)
-    y_name, yv = _axis(y, "y", allowed)
+    x_name, x_values = _axis(x, "x", allowed)
+    y_name, y_values = _axis(y, "y", allowed)
     if x_name == y_name:
         raise ValueError(f"x and y must sweep different hyperparameters, got {x_name!r} twice")
     fixed = dict(fixed or {})
@@ -820,12 +820,12 @@ def sweep(
     seed = check("seed", seed, _SEED)
     if batch_size is not None:
         batch_size = check("batch_size", batch_size, _BATCH_SIZE)
-    nx, ny = xv.size, yv.size
+    nx, ny = x_values.size, y_values.size
     check("the number of grid cells", nx * ny, _GRID_CELLS)
     device = torch.device(device) if device is not None else torch.device("cpu")
     hyper: dict[str, Any] = dict(fixed)
-    hyper[x_name] = torch.as_tensor(np.tile(xv, ny), dtype=dtype, device=device).unsqueeze(1)
-    hyper[y_name] = torch.as_tensor(np.repeat(yv, nx), dtype=dtype, device=device).unsqueeze(1)
+    hyper[x_name] = torch.as_tensor(np.tile(x_values, ny), dtype=dtype, device=device).unsqueeze(1)
+    hyper[y_name] = torch.as_tensor(np.repeat(y_values, nx), dtype=dtype, device=device).unsqueeze(1)
     if "lr" not in hyper:
         hyper["lr"] = surface.default_lr(optimizer, **fixed)
     transform = ro.get(optimizer, **hyper)
@@ -833,20 +833,20 @@ def sweep(
     setup = _Setup(surface, [_Batch(transform, nx * ny)], steps, _noise_std(noise, batch_size), seed, _parse_clip(clip),
                    _multiplier(schedule, steps), tol)
     out = _simulate(setup, xy0, record=False)
-    fixed_out = {k: v for k, v in hyper.items() if k not in (x_name, y_name)}
+    fixed_used = {k: v for k, v in hyper.items() if k not in (x_name, y_name)}
     return Sweep(
         surface=surface,
         optimizer=optimizer,
         x_name=x_name,
-        x_values=xv,
+        x_values=x_values,
         y_name=y_name,
-        y_values=yv,
+        y_values=y_values,
         final_loss=out.final_loss.reshape(ny, nx).cpu().numpy(),
         steps_to_tol=out.steps_to_tol.reshape(ny, nx).cpu().numpy(),
         diverged_at=out.diverged_at.reshape(ny, nx).cpu().numpy(),
         steps=steps,
         tol=tol,
         tol_criterion="loss_gap" if surface.global_minimum is not None else "grad_norm",
-        fixed=fixed_out,
+        fixed=fixed_used,
         start=tuple(float(v) for v in xy0[0].tolist()),  # type: ignore[arg-type]
     )
