@@ -83,6 +83,7 @@ from torch import nn
 import ravine.optim as ro
 from ravine import schedules
 from ravine._nn import evaluation_mode, training_mode
+from ravine.optim.base import global_norm
 
 from . import data as _data
 from . import models as _models
@@ -243,13 +244,8 @@ def evaluate(model: nn.Module, dataset: _data.Dataset, split: str = "test", batc
 
 
 def _global_norm(tensors: list[torch.Tensor]) -> float:
-    """``sqrt(sum_i ||t_i||^2)`` as torch's ``get_total_norm`` computes it (half precision in float32)."""
-    if not tensors:
-        return 0.0
-    norms = torch._foreach_norm(
-        [x.detach().float() if x.dtype in (torch.float16, torch.bfloat16) else x.detach() for x in tensors]
-    )
-    return float(torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms])))
+    """``sqrt(sum_i ||t_i||^2)``: ``ravine.optim``'s one global norm (torch's ``clip_grad_norm_`` arithmetic)."""
+    return float(global_norm([t.detach() for t in tensors])) if tensors else 0.0
 
 
 def _sync(device: torch.device) -> None:
