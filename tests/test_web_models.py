@@ -17,7 +17,7 @@ import ravine.optim as ro
 from ravine._validation import Interval
 from ravine.web import create_app
 from ravine.web.app import LRUCache
-from ravine.web.models import CLIP_MAX, HYPERPARAMS, ClipSpec, TrajectoryRequest, narrow, settable_hyperparams
+from ravine.web.models import CLIP_MAX, HYPERPARAMS, ClipSpec, TrajectoryRequest, settable_hyperparams
 
 
 def _inside_ends(interval: Interval) -> list[float]:
@@ -84,13 +84,13 @@ def _intervals():
             yield Interval(float, low, high, closed)
 
 
-def test_narrow_is_the_set_intersection():
+def test_interval_intersect_is_the_set_intersection():
     points = [-math.inf, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, math.inf]
     for a in _intervals():
         for b in _intervals():
             if not any(a.contains(x) and b.contains(x) for x in points):
                 continue  # an empty intersection is no narrowing the table uses
-            both = narrow(a, b)
+            both = a.intersect(b)
             assert [both.contains(x) for x in points] == [a.contains(x) and b.contains(x) for x in points], (a, b)
 
 

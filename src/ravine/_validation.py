@@ -38,6 +38,21 @@ def fmt_number(x: float | None, *, low: bool = True) -> str:
     return f"{x:g}"
 
 
+_CLOSED: dict[tuple[bool, bool], Closed] = {
+    (True, True): "both",
+    (True, False): "left",
+    (False, True): "right",
+    (False, False): "neither",
+}
+
+
+def _tighter(a: tuple[float, bool], b: tuple[float, bool], pick: Any) -> tuple[float, bool]:
+    """Of two ends ``(value, closed)``, the one ``pick`` (``max`` for lows, ``min`` for highs) keeps."""
+    if a[0] == b[0]:
+        return a[0], a[1] and b[1]
+    return a if pick(a[0], b[0]) == a[0] else b
+
+
 @dataclass(frozen=True)
 class Interval:
     """Real or integer values between ``low`` and ``high`` (``None``: unbounded on that side).
@@ -72,10 +87,28 @@ class Interval:
         high_open: bool = False,
     ) -> Interval:
         """Finite values between ``low`` and ``high``: an unbounded end excludes its infinity."""
-        left = low is not None and not low_open
-        right = high is not None and not high_open
-        closed = {(True, True): "both", (True, False): "left", (False, True): "right"}.get((left, right), "neither")
-        return cls(kind, low, high, closed)
+        return cls(kind, low, high, _CLOSED[(low is not None and not low_open, high is not None and not high_open)])
+
+    def intersect(self, other: Interval) -> Interval:
+        """The values both intervals allow, of ``self``'s kind; of two equal ends the open one wins.
+
+        This is how a caller narrows a library range (e.g. the web API caps ``lr`` at 1000): an
+        intersection can never allow what the library rejects.
+        """
+        low, low_closed = _tighter(self._end(low=True), other._end(low=True), max)
+        high, high_closed = _tighter(self._end(low=False), other._end(low=False), min)
+        return Interval(
+            self.kind,
+            None if math.isinf(low) else low,
+            None if math.isinf(high) else high,
+            _CLOSED[(low_closed, high_closed)],
+        )
+
+    def _end(self, *, low: bool) -> tuple[float, bool]:
+        """One end as ``(value, closed)``, an unbounded end as an infinity."""
+        if low:
+            return (-math.inf if self.low is None else self.low), self.low_closed
+        return (math.inf if self.high is None else self.high), self.high_closed
 
     @property
     def low_closed(self) -> bool:

@@ -11,8 +11,8 @@ controls:
   ``sweep cells x steps <= MAX_SWEEP_WORK`` (row-steps of the batched simulator);
 - every float is finite (``NaN``/``inf`` in a request is a 422);
 - an optimizer hyperparameter (``HYPERPARAMS``) or a clip threshold (``CLIP_MAX``) is allowed what
-  the library's own constraint (``ravine.optim.CONSTRAINTS``) allows, narrowed (never widened, see
-  :func:`narrow`) where the playground needs less, e.g. ``lr`` in ``(0, 1000]`` of the library's
+  the library's own constraint (``ravine.optim.CONSTRAINTS``) allows, narrowed (never widened: an
+  ``Interval.intersect``) where the playground needs less, e.g. ``lr`` in ``(0, 1000]`` of the library's
   ``[0, inf]``. So the API never accepts a value the library would reject, and its messages have
   the library's shape, ``"adam: hyperparams.b1 must be in [0, 1), got 1.0"``.
 
@@ -30,7 +30,6 @@ here evaluates user text as code.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -76,38 +75,6 @@ class _Strict(BaseModel):
 BOOL = Options((False, True))
 
 
-def narrow(interval: Interval, cap: Interval) -> Interval:
-    """The values both ``interval`` and ``cap`` allow (their intersection).
-
-    The playground narrows a library range this way and only this way, so the API can never accept
-    a value the library rejects. Of two equal ends the open one wins.
-    """
-
-    low, low_closed = _tighter(_low_end(interval), _low_end(cap), max)
-    high, high_closed = _tighter(_high_end(interval), _high_end(cap), min)
-    closed = {(True, True): "both", (True, False): "left", (False, True): "right", (False, False): "neither"}
-    return Interval(interval.kind, _bound(low), _bound(high), closed[(low_closed, high_closed)])
-
-
-def _low_end(interval: Interval) -> tuple[float, bool]:
-    return (-math.inf if interval.low is None else interval.low), interval.low_closed
-
-
-def _high_end(interval: Interval) -> tuple[float, bool]:
-    return (math.inf if interval.high is None else interval.high), interval.high_closed
-
-
-def _tighter(a: tuple[float, bool], b: tuple[float, bool], pick: Callable) -> tuple[float, bool]:
-    """Of two ends ``(value, closed)``, the one ``pick`` (``max`` for lows, ``min`` for highs) keeps."""
-    if a[0] == b[0]:
-        return a[0], a[1] and b[1]
-    return a if pick(a[0], b[0]) == a[0] else b
-
-
-def _bound(x: float) -> float | None:
-    return None if math.isinf(x) else x
-
-
 def check_field(name: str, value: Any, constraint: Interval | Options, *, where: str = "") -> Any:
     """:func:`ravine._validation.check` for a request field: the value (a number as the interval's kind)
     or a ``ValueError`` (pydantic reports those, not ``TypeError``), in the message shape
@@ -131,7 +98,7 @@ class HyperparamInfo:
     """How one optimizer hyperparameter is validated and shown.
 
     ``constraint`` is what a request may set: ``ravine.optim.CONSTRAINTS[name]``, narrowed by
-    ``cap`` (see :func:`narrow`) where the playground allows less; a ``"bool"`` is :data:`BOOL`.
+    ``cap`` (``Interval.intersect``) where the playground allows less; a ``"bool"`` is :data:`BOOL`.
     ``ui_min``/``ui_max`` are the slider's range (``log``: the slider moves in log10 space).
     """
 
@@ -149,7 +116,7 @@ class HyperparamInfo:
         if self.kind == "bool":
             return BOOL
         library = ro.CONSTRAINTS[self.name]
-        return library if self.cap is None else narrow(library, self.cap)
+        return library if self.cap is None else library.intersect(self.cap)
 
     @property
     def choices(self) -> tuple[str, ...]:
@@ -420,7 +387,7 @@ class ScheduleSpec(_Strict):
 
 #: A clip threshold: what ``ravine.optim.clip_by_global_norm`` (``max_norm``) and ``clip_by_value``
 #: (``clip``) both accept, capped at 1e6 like every other magnitude the page can send.
-CLIP_MAX = narrow(narrow(ro.CONSTRAINTS["max_norm"], ro.CONSTRAINTS["clip"]), Interval(float, None, 1e6))
+CLIP_MAX = ro.CONSTRAINTS["max_norm"].intersect(ro.CONSTRAINTS["clip"]).intersect(Interval(float, None, 1e6))
 
 
 class ClipSpec(_Strict):
