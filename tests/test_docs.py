@@ -75,7 +75,26 @@ def missing_docstrings(package: str, search_path: Path, public: set[str]) -> lis
                 missing.append(f"{module.path}.{name} (in __all__ but not defined)")
             elif not _has_docstring(module.members[name]):
                 missing.append(f"{module.path}.{name}")
+            else:
+                missing += _undocumented_methods(module.members[name])
     return missing
+
+
+def _undocumented_methods(obj) -> list[str]:
+    """A public class's own public methods and properties without a docstring (the reference would
+    leave them out silently)."""
+    if obj.is_alias:
+        try:
+            obj = obj.final_target
+        except (griffe.AliasResolutionError, griffe.CyclicAliasError):
+            return []
+    if not obj.is_class:
+        return []
+    return [
+        f"{obj.path}.{name}"
+        for name, member in obj.members.items()
+        if not name.startswith("_") and not member.is_alias and member.is_function and not _has_docstring(member)
+    ]
 
 
 def mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess:
@@ -132,8 +151,12 @@ def _made_up_package(root: Path, body: str) -> Path:
 def test_a_public_name_without_a_docstring_is_caught(tmp_path):
     src = _made_up_package(
         tmp_path,
-        '__all__ = ["good", "bad", "CONST", "other", "COMMENTED"]\n\n'
+        '__all__ = ["good", "bad", "CONST", "other", "COMMENTED", "Thing"]\n\n'
         'def good():\n    """Documented."""\n\n'
+        'class Thing:\n    """Documented."""\n\n'
+        '    def told(self):\n        """Documented."""\n\n'
+        "    def untold(self):\n        pass\n\n"
+        "    def _private(self):\n        pass\n\n"
         "def bad():\n    pass\n\n"
         "CONST = 3\n"
         "other = good  # another name: documented by good's docstring\n"
@@ -145,6 +168,7 @@ def test_a_public_name_without_a_docstring_is_caught(tmp_path):
     assert missing_docstrings("madeup", src, {"madeup", "madeup.quiet"}) == [
         "madeup.bad",
         "madeup.CONST",
+        "madeup.Thing.untold",
         "madeup.quiet (module docstring; madeup/quiet.py)",
         "madeup.quiet.helper",
     ]

@@ -954,6 +954,7 @@ class ScheduleLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
+        """Each group's learning rate at ``last_epoch``: ``s(t)``, or ``s(t) * base_lr / s.peak`` when ``relative``."""
         t = self.last_epoch
         if self.relative:
             return [
@@ -965,11 +966,14 @@ class ScheduleLR(LRScheduler):
     _get_closed_form_lr = get_lr
 
     def state_dict(self) -> dict[str, Any]:
+        """The scheduler's state (the schedules saved by ``repr``, so a resumed run can warn on a change)."""
         state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "schedules")}
         state["schedules"] = [repr(s) for s in self.schedules]
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the step count and write this scheduler's learning rates into the optimizer's
+        groups; warns when the saved schedules differ from these."""
         state = dict(state_dict)
         saved = state.pop("schedules", None)
         mine = [repr(s) for s in self.schedules]

@@ -194,6 +194,7 @@ class Sweep:
         }
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: lists, NaN/inf as None."""
         return {
             "surface": self.surface.to_dict(),
             "optimizer": self.optimizer,

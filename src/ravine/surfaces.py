@@ -52,6 +52,7 @@ class Minimum:
     kind: str = "global"
 
     def to_dict(self) -> dict[str, Any]:
+        """The point as a plain dict (JSON-safe)."""
         return asdict(self)
 
 
@@ -64,6 +65,7 @@ class SaddlePoint:
     value: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The point as a plain dict (JSON-safe)."""
         return asdict(self)
 
 

@@ -163,10 +163,12 @@ class TrainConfig:
         return cls(**d)
 
     def to_json(self) -> str:
+        """The config as JSON (sorted keys; NaN and inf are refused)."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
 
     @classmethod
     def from_json(cls, s: str) -> TrainConfig:
+        """A config from ``to_json``'s text (validated as ``from_dict``)."""
         return cls.from_dict(json.loads(s))
 
     def replace(self, **changes: Any) -> TrainConfig:

@@ -432,15 +432,18 @@ class RunStore:
         return f"RunStore({str(self.root)!r})"
 
     def run_id(self, config: Any) -> str:
+        """The run directory's name: ``data-model-optimizer-<config hash>``."""
         d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         parts = [str(d.get("data", "")), str(d.get("model", "")), str(d.get("optimizer", ""))]
         prefix = "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", p) for p in parts if p)
         return f"{prefix}-{config_hash(config)}" if prefix else config_hash(config)
 
     def path_for(self, config: Any) -> Path:
+        """Where the run of ``config`` lives (whether or not it exists yet)."""
         return self.root / self.run_id(config)
 
     def get(self, config: Any) -> Run | None:
+        """The run of exactly this config, or ``None`` if none was started."""
         p = self.path_for(config)
         return Run(p) if (p / "config.json").exists() else None
 
@@ -450,6 +453,7 @@ class RunStore:
         return r is not None and r.done
 
     def runs(self) -> Iterator[Run]:
+        """Every run in the store, in directory-name order."""
         if not self.root.is_dir():
             return
         for p in sorted(self.root.iterdir()):

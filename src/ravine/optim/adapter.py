@@ -166,6 +166,8 @@ class Optimizer(torch.optim.Optimizer):
     # -- groups and hyperparameters ------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group, as ``torch.optim.Optimizer.add_param_group``; its keys must be
+        hyperparameters of the chain."""
         unknown = sorted(
             k
             for k in param_group
@@ -225,6 +227,8 @@ class Optimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every param group; ``closure`` re-evaluates the loss, as in torch, and its
+        loss is returned."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -338,6 +342,7 @@ class Optimizer(torch.optim.Optimizer):
     # -- checkpoints ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """The state in ``torch.optim``'s per-parameter format (schedules and other callables left out)."""
         sd = super().state_dict()
         for g in sd["param_groups"]:
             for k in [k for k, v in g.items() if callable(v) or k == "schedules"]:
@@ -346,6 +351,8 @@ class Optimizer(torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state saved by ``state_dict`` (ravine's or a matching torch optimizer's); this
+        optimizer's schedules are kept."""
         keep = [
             {k: v for k, v in g.items() if callable(v) and not isinstance(v, Tensor)} | {"schedules": g["schedules"]}
             for g in self.param_groups

@@ -95,6 +95,8 @@ class Transform:
         return (self.name, static, tuple(p.structure() for p in self.parts))
 
     def with_hyperparams(self, **kwargs: Any) -> Transform:
+        """The same transform rebuilt by its factory with some hyperparameters replaced (unknown
+        names raise ``ValueError``)."""
         unknown = sorted(set(kwargs) - set(self.hyperparams))
         if unknown:
             raise ValueError(
