@@ -124,7 +124,7 @@ def test_run_report_tiny_real_experiment_with_gallery(tmp_path):
 
 
 def test_run_report_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="size must be 'quick', 'full' or 'tiny', got 'huge'"):
+    with pytest.raises(ValueError, match="size must be one of 'tiny', 'quick', 'full', got 'huge'"):
         run_report("huge", tmp_path)
     with pytest.raises(ValueError, match="threads must be a positive int or None, got 0"):
         run_report("tiny", tmp_path, threads=0)

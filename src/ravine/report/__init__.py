@@ -1,7 +1,7 @@
 """``ravine.report``: run the chapter's claims as experiments and write one self-contained HTML report.
 
 :func:`run_report` runs every registered experiment (:mod:`ravine.experiments.claims`) at one size
-(``"quick"``: about ten minutes on two CPU cores; ``"full"``: as long as the claims need), reusing
+(``"quick"``: the small settings; ``"full"``: the settings the claims are stated at), reusing
 everything already finished: an experiment whose ``result.json`` exists is loaded, not rerun, and inside
 an unfinished experiment the harness resumes its training runs from their checkpoints. After each
 experiment the HTML file is rewritten atomically, so an interrupted report is a valid, partial report,
@@ -10,7 +10,7 @@ and running the command again continues where it stopped.
 The page (:func:`ravine.report.html.render`) embeds every figure as a base64 PNG and its CSS inline;
 it needs no network. It holds the claims table (claim, verdict, key numbers and thresholds), a
 section per experiment with its figures and reading, a gallery of 2D trajectories and sweeps from
-:mod:`ravine.simulate` when the 2D world is installed, and the machine and versions it ran on.
+:mod:`ravine.simulate`, and the machine and versions it ran on.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ravine.experiments.claims._core import Progress, Result, Store
+from ravine._validation import Options, check
+from ravine.experiments.claims._core import SIZES, Progress, Result, Store
 from ravine.report.html import GalleryItem, render, write_atomic
 
 __all__ = ["ReportOutcome", "GalleryItem", "run_report", "machine_info", "render", "report_path"]
@@ -138,8 +139,7 @@ def _run_report(
 ) -> ReportOutcome:
     from ravine.experiments import claims
 
-    if size not in ("quick", "full", "tiny"):
-        raise ValueError(f"size must be 'quick', 'full' or 'tiny', got {size!r}")
+    check("size", size, Options(SIZES))
     everything = claims.all_experiments()
     exps = [claims.get(n) for n in experiments] if experiments else everything
     out = Path(out)
