@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ravine.experiments.claims._core import Progress, Store
+from ravine._validation import Options, check
+from ravine.experiments.claims._core import SIZES, Progress, Store
 
 
 @dataclass
@@ -106,6 +107,5 @@ def smooth(y: Sequence[float], k: int) -> np.ndarray:
 
 def pick(size: str, tiny: Any, quick: Any, full: Any) -> Any:
     """The value for ``size`` (``"tiny"``, ``"quick"`` or ``"full"``)."""
-    if size not in ("tiny", "quick", "full"):
-        raise ValueError(f"size must be 'tiny', 'quick' or 'full', got {size!r}")
+    check("size", size, Options(SIZES))
     return {"tiny": tiny, "quick": quick, "full": full}[size]
