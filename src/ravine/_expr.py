@@ -315,6 +315,14 @@ class _Parser:
 
 
 # ----------------------------------------------------------------------------------------------- compile
+def _divide(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor | float:
+    """``a / b`` with IEEE semantics also for two constants (``1/0`` is inf, ``0/0`` nan, as on tensors);
+    Python's float division would raise ``ZeroDivisionError`` instead."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return a / b
+    return float(torch.tensor(a, dtype=torch.float64) / b)
+
+
 def _compile(node: tuple) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor | float]:
     kind = node[0]
     if kind == "num":
@@ -340,7 +348,7 @@ def _compile(node: tuple) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor
                 elif op == "*":
                     acc = acc * v
                 else:
-                    acc = acc / v
+                    acc = _divide(acc, v)
             return acc
 
         return chain
