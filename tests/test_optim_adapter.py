@@ -172,7 +172,7 @@ def test_param_groups_no_decay_and_unknown_keys():
     assert all(torch.equal(a, b) for a, b in zip(biases0, nodecay))  # lr 0 and no decay: untouched
     with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) \['momentum'\]"):
         ro.Optimizer([{"params": decay, "momentum": 0.9}], ro.adamw(1e-2))
-    with pytest.raises(ValueError, match=r"weight_decay must be in \[0, inf\], got -1"):
+    with pytest.raises(ValueError, match=r"weight_decay must be in \[0, inf\), got -1"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "weight_decay": -1})
 
 
@@ -254,7 +254,7 @@ def test_constructor_errors():
     allowed = r"nonfinite must be one of 'skip', 'raise', 'apply', got 'ignore'"
     with pytest.raises(ValueError, match=allowed):
         ro.Optimizer(model.parameters(), ro.adam(), nonfinite="ignore")
-    with pytest.raises(ValueError, match=r"SGD: lr must be in \[0, inf\], got -0.1"):
+    with pytest.raises(ValueError, match=r"SGD: lr must be in \[0, inf\), got -0.1"):
         ro.SGD(model.parameters(), lr=-0.1)
 
 

@@ -4,7 +4,8 @@
 the web API's pydantic bounds all read it, so the library and the API can never disagree. A value
 is checked by :func:`check_hyper`: a number through :func:`ravine._validation.check`, a tensor by its
 smallest and largest element, a schedule (a callable ``step -> float``) not at all (a ravine
-schedule validates itself).
+schedule validates itself; the optimizer checks each value it takes from one). A structural switch
+(a factory argument annotated ``bool``) is checked by :func:`check_flag` when the factory is called.
 """
 
 from __future__ import annotations
@@ -12,21 +13,24 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+import numpy as np
 from torch import Tensor
 
 from .._validation import Interval, Options, check
 
-__all__ = ["CONSTRAINTS", "check_hyper", "check_option"]
+__all__ = ["CONSTRAINTS", "FLAG", "check_flag", "check_hyper", "check_option"]
 
+# Every range is finite: an infinite (or NaN) learning rate, epsilon or decay is never a setting,
+# it turns the parameters into inf/NaN on the first step. ``[0, inf)`` is written so in messages.
 _UNIT = Interval(float, 0, 1, closed="left")  # [0, 1): a decay rate
-_NONNEGATIVE = Interval(float, 0, None)  # [0, inf]
-_POSITIVE = Interval(float, 0, None, closed="right")  # (0, inf]
+_NONNEGATIVE = Interval.finite(float, 0)  # [0, inf)
+_POSITIVE = Interval.finite(float, 0, low_open=True)  # (0, inf)
 
 CONSTRAINTS: dict[str, Interval | Options] = {
     "lr": _NONNEGATIVE,
     "lr_peak": Interval(float, 0, None, closed="neither"),
     "lr_decay": _NONNEGATIVE,
-    "factor": Interval(float, None, None),
+    "factor": Interval.finite(float),
     "b1": _UNIT,
     "b2": _UNIT,
     "betas": _UNIT,  # each of the pair (beta1, beta2)
@@ -70,6 +74,24 @@ def check_hyper(name: str, value: Any, *, where: str = "", key: str | None = Non
             f"got {type(value).__name__} {value!r}"
         )
     check(name, value, interval, where=where)
+
+
+FLAG = Options((False, True))
+"""A structural switch (``nesterov``, ``amsgrad``, ``maximize``...): a bool, nothing truthy."""
+
+
+def check_flag(name: str, value: Any, *, where: str = "") -> bool:
+    """``value`` as a Python ``bool`` if it is one (a numpy bool too), else ``TypeError``.
+
+    A string such as ``"no"`` is truthy, so accepting it would silently switch the option on;
+    ``0``/``1`` are rejected too, as torch's own flags are documented as bools. The message is
+    ``"{where}{name} must be one of False, True, got str 'no'"``.
+    """
+    if isinstance(value, np.bool_):
+        value = bool(value)
+    if not isinstance(value, bool):
+        raise TypeError(f"{where}{name} must be {FLAG.describe()}, got {type(value).__name__} {value!r}")
+    return check(name, value, FLAG, where=where)
 
 
 def check_option(name: str, value: Any, *, where: str = "") -> None:

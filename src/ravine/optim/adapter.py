@@ -26,11 +26,16 @@ The choices it makes, one per question a torch user asks:
 - **Non-finite gradients.** ``nonfinite="skip"`` (default) skips the whole step (no parameter or
   state changes), counts it in ``skipped_steps`` and warns naming the parameter; ``"raise"``
   raises ``FloatingPointError``; ``"apply"`` applies the step as torch would. The check reads the
-  per-tensor gradient norms that the global clip norm is made of: one pass for both.
+  per-tensor gradient norms that the global clip norm is made of: one pass for both. Only a real
+  inf or nan counts: finite gradients whose 2-norm overflows the dtype (a float32 gradient of
+  1e20s) are applied as torch applies them, unless the chain clips by the global norm: that norm
+  is then ``inf`` (as ``clip_grad_norm_``'s, which would scale the gradients to 0) and the step is
+  skipped with a warning that names the overflow (``"apply"``: clipped to 0, as torch does).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -41,14 +46,15 @@ from torch import Tensor
 from .._validation import Options, check
 from ._state import assemble, check_global_clip, check_structure, clips_globally, first_state, layout_of, scatter
 from .alias import torch_adagrad, torch_adam, torch_adamw, torch_rmsprop, torch_sgd
-from .base import Transform, apply_updates, chain_info, params_with_grad, tensor_norms
+from .base import Transform, apply_updates, chain_info, finite_tensors, params_with_grad, tensor_norms
 from .fused import FUSED_MODES, FusedEngine
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
 
 _NONFINITE = Options(("skip", "raise", "apply"))
 _OVERFLOW = (
-    "the global gradient norm is not finite although every gradient is (its sum of squares overflows the dtype)"
+    "the global gradient norm is not finite although every gradient is (its sum of squares overflows the dtype; "
+    "torch.nn.utils.clip_grad_norm_ returns inf there too and scales the gradients to 0)"
 )
 
 
@@ -71,6 +77,18 @@ def _peak_lr(group: dict[str, Any], advance: bool) -> float:
             stacklevel=5,
         )
     return peak
+
+
+def _scheduled(name: str, schedule: Callable[[int], float], step: int) -> float:
+    """The value of a group's ravine schedule at ``step``, which must be a finite number."""
+    value = float(schedule(step))
+    if not math.isfinite(value):
+        label = getattr(schedule, "__name__", None) or repr(schedule)
+        raise ValueError(
+            f"the schedule of group[{name!r}] ({label}) returned {value!r} at step {step}: "
+            f"a schedule must return a finite number"
+        )
+    return value
 
 
 # what a transform may ask the optimizer to fill in (Transform.needs): name -> value from a group
@@ -189,7 +207,7 @@ class Optimizer(torch.optim.Optimizer):
         group["schedules"] = schedules
         group["scheduled_values"] = {}
         for k, fn in schedules.items():
-            group[k] = float(fn(0))
+            group[k] = _scheduled(k, fn, 0)
             group["scheduled_values"][k] = group[k]
         # check the group's values now rather than at the first step
         self._transform_at(group, step=0, advance=False)
@@ -207,7 +225,7 @@ class Optimizer(torch.optim.Optimizer):
                     f"torch scheduler for {k!r}, not both"
                 )
             if advance:
-                group[k] = float(fn(step))
+                group[k] = _scheduled(k, fn, step)
                 written[k] = group[k]
         values = {k: group[k] for k in self.transform.hyperparams}
         t = self.transform.with_hyperparams(**values)
@@ -260,8 +278,12 @@ class Optimizer(torch.optim.Optimizer):
         if self.nonfinite != "apply":
             finite = norms.isfinite().all() if total is None else norms.isfinite().all() & total.isfinite()
             if not bool(finite):  # one device sync for the whole check
-                self._reject()
-                return False
+                # a real inf/nan, or finite gradients whose sum of squares overflows: an overflowed
+                # clip norm skips the step (named by _reject); an overflowed norm of a gradient that
+                # is not clipped does not, and the step is applied as torch applies it
+                if (total is not None and not bool(total.isfinite())) or not bool(finite_tensors(grads, norms).all()):
+                    self._reject()
+                    return False
         return total
 
     def _reject(self) -> None:
@@ -269,7 +291,7 @@ class Optimizer(torch.optim.Optimizer):
         where = [
             (gi, pi) for gi, g in enumerate(self.param_groups) for pi, p in enumerate(g["params"]) if p.grad is not None
         ]
-        finite = tensor_norms([self.param_groups[gi]["params"][pi].grad for gi, pi in where]).isfinite()
+        finite = finite_tensors([self.param_groups[gi]["params"][pi].grad for gi, pi in where])
         if bool(finite.all()):  # each gradient is finite, their global norm is not
             self._skip(_OVERFLOW)
             return

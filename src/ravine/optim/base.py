@@ -40,6 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._constraints import check_flag
+
 Params = list[Tensor]
 State = dict[str, Any]
 Hyper = float | Tensor | Callable[[int], float]
@@ -132,10 +134,15 @@ def transform(
     ``fusable=True`` when its math is elementwise (or a reduction over all coordinates), so that it
     computes the same on one flat buffer as on a list of tensors; ``compilable`` (default: as
     ``fusable``) when it also traces into one ``torch.compile`` graph (no Python branch on data).
+
+    A parameter annotated ``bool`` (``nesterov``, ``amsgrad``, ``maximize``...) must be given a bool:
+    anything else raises ``TypeError`` naming it (``nesterov="no"`` is truthy and would switch the
+    option on), through :func:`ravine.optim._constraints.check_flag`.
     """
 
     def wrap(fn: Callable[..., Transform]) -> Callable[..., Transform]:
         sig = inspect.signature(fn)
+        flags = [k for k, prm in sig.parameters.items() if prm.annotation in (bool, "bool")]
 
         @functools.wraps(fn)
         def build(*args: Any, **kwargs: Any) -> Transform:
@@ -145,6 +152,8 @@ def transform(
                 raise TypeError(f"{fn.__name__}: {exc}; signature is {fn.__name__}{sig}") from None
             bound.apply_defaults()
             hp = dict(bound.arguments)
+            for k in flags:
+                hp[k] = check_flag(k, hp[k], where=f"{fn.__name__}: ")
             t = fn(**hp)
             # a named chain keeps the structural names of its parts that it exposes itself
             inner = {k for k in hp if k in t.static}
@@ -244,14 +253,35 @@ def zeros_like(params: Params) -> Params:
     return [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
 
 
-def tensor_norms(xs: Params) -> Tensor:
-    """The 2-norm of each tensor, stacked into one vector (on the first tensor's device).
+def tensor_norms(xs: Params, ord: float = 2.0) -> Tensor:
+    """The norm of each tensor (2-norm by default), stacked into one vector (on the first tensor's device).
 
-    The one gradient pass that both the clip norm and the finiteness check read: a tensor holds an
-    inf or a nan exactly when its norm is not finite (or, for huge finite values, overflows).
+    The 2-norms are the one gradient pass that both the clip norm and the finiteness check read: a
+    tensor whose 2-norm is finite holds no inf or nan. The converse does not hold: the sum of
+    squares of large finite values overflows (a float32 tensor of ten 1e20s has 2-norm ``inf``, in
+    torch as here), which :func:`finite_tensors` tells apart with ``ord=inf`` (the largest
+    ``|x|``, which cannot overflow and is ``nan`` where a ``nan`` is).
     """
-    norms = torch._foreach_norm(xs, 2.0)
+    norms = torch._foreach_norm(xs, ord)
     return torch.stack([n.to(norms[0].device) for n in norms])
+
+
+def finite_tensors(xs: Params, norms: Tensor | None = None) -> Tensor:
+    """Per tensor of ``xs``, whether every element is finite (a bool vector).
+
+    ``norms`` are their 2-norms (:func:`tensor_norms`) when already computed (the clip norm's pass):
+    a finite one proves its tensor finite, so only the tensors whose 2-norm is not finite are read
+    again, by their largest ``|x|``. Finite gradients whose 2-norm overflows count as finite: only
+    a real inf or nan makes a tensor non-finite. One device sync where some 2-norm is not finite.
+    """
+    if norms is None:
+        norms = tensor_norms(xs)
+    ok = norms.isfinite()
+    if bool(ok.all()):
+        return ok
+    suspects = [int(i) for i in (~ok).nonzero().flatten()]
+    ok[suspects] = tensor_norms([xs[i] for i in suspects], math.inf).to(ok.device).isfinite()
+    return ok
 
 
 def global_norm(xs: Params) -> Tensor:

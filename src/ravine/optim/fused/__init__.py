@@ -28,8 +28,9 @@ source stays the single definition of the math) on different data:
    when every chain starts with ``clip_by_global_norm``: the clip norm of the raw gradient is the
    check (gradients that are finite but whose global norm overflows the dtype are skipped too,
    with a warning saying so). A chain that does not clip needs one more read of the gradient for
-   the check (4 bytes per float32 parameter: what torch's fused optimizers pay for GradScaler's
-   ``found_inf``). ``nonfinite="apply"`` (torch's semantics) checks nothing. Where some group
+   the check, its largest ``|g|`` (4 bytes per float32 parameter: what torch's fused optimizers pay
+   for GradScaler's ``found_inf``; finite gradients whose 2-norm would overflow are applied, as
+   torch applies them). ``nonfinite="apply"`` (torch's semantics) checks nothing. Where some group
    cannot run flat in a step (parameters without gradients), the others run one-group graphs.
 
 Fallback: ``fused="flat"`` (and ``fused=True`` when compilation is unavailable or fails, with a

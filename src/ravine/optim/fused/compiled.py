@@ -12,6 +12,7 @@ libm calls are not hoisted), which makes the kernel several times slower.
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import types
 from collections.abc import Callable
@@ -100,7 +101,8 @@ def _compiled_body(ts: list[Transform], layouts: list[Any], masked: bool) -> Cal
     (``total``, computed here unless given). ``masked``: the step's writes are
     ``where(finite, new, old)`` with ``finite`` reduced over every group's gradients (all or
     nothing); the global clip norm is that check for the groups it covers (inductor does not merge
-    two norms of the same buffer: a second one would be a second read of the gradient).
+    two norms of the same buffer: a second one would be a second read of the gradient), the largest
+    ``|g|`` for the others (a 2-norm would overflow for large finite gradients, which torch applies).
     """
     clip_first = [clips_globally(t) for t in ts]
 
@@ -119,8 +121,8 @@ def _compiled_body(ts: list[Transform], layouts: list[Any], masked: bool) -> Cal
         infos, news = [], []
         for t, layout, clip, step, g, p, state in zip(ts, layouts, clip_first, steps, grads, params, states):
             u = [x.clone() for x in g]  # the chain works in place on a copy; inductor fuses it away
-            if masked and not clip:
-                finites.append(tensor_norms(g).isfinite().all())
+            if masked and not clip:  # the largest |g|: only a real inf/nan, never an overflow, skips
+                finites.append(tensor_norms(g, math.inf).isfinite().all())
             work = [{k: v.clone() for k, v in d.items()} for d in state] if masked else state
             chain_state = assemble(layout, work, step)
             if clip:
