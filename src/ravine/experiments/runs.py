@@ -8,6 +8,7 @@ Layout of a run directory::
     metrics.jsonl        append-only, one JSON object per line, flushed after every line
     checkpoints/step_00000100/model.safetensors   model weights (safetensors)
     checkpoints/step_00000100/state.pt            optimizer, sampler, RNG and loop state (torch.save)
+    checkpoints/step_00000100/sha256.json         the SHA-256 of each of the two files above
 
 Metric records carry ``"kind"``: ``"step"`` (one per optimizer step), ``"eval"`` (train/test loss and
 accuracy), ``"hessian"`` (top Hessian eigenvalue). Every record has ``"step"``.
@@ -20,17 +21,30 @@ is appended; a torn last line (a kill mid-write) is ignored by the reader and dr
 ``state.pt`` holds only tensors, numbers, strings, None, lists and dicts and is read with
 ``torch.load(..., weights_only=True)``: a checkpoint cannot execute code.
 
+Integrity: ``sha256.json`` is written with the checkpoint (inside its folder, before the folder is
+renamed into place, so it is as atomic as the files it describes), from the bytes read back from
+disk. :func:`load_checkpoint` verifies it before reading a file; a file that differs from its
+checksum, or that cannot be read (truncated ``state.pt``, damaged safetensors header), is never
+used: loading the latest checkpoint falls back to the previous good one with a warning naming the
+damaged file (a resumed run then continues from there, bit for bit as it would have), and loading a
+named step raises :class:`RunFileError` naming it. A checkpoint written before checksums existed
+is read unverified. A damaged ``config.json`` or ``status.json`` raises :class:`RunFileError` too,
+naming the file and what to do.
+
 Runs root: ``runs_root()`` is ``$RAVINE_RUNS`` if set, else ``./runs``. :class:`RunStore` names a run
 directory by a content hash of its config, so an identical config finds (and reuses) its run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,12 +74,16 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "list_checkpoints",
+    "verify_checkpoint",
     "truncate_metrics",
+    "RunFileError",
 ]
 
 STATUSES = ("running", "completed", "diverged", "failed")
 TERMINAL = ("completed", "diverged")
 _CKPT_RE = re.compile(r"^step_(\d{8,})$")
+_CHECKSUMS = "sha256.json"
+_CKPT_FILES = ("model.safetensors", "state.pt")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -96,10 +114,25 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file."""
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+class RunFileError(ValueError):
+    """A file of a run that cannot be used as written: truncated, garbled, or different from the
+    checksum recorded when it was written. The message names the file and what to do."""
+
+
+def read_json(path: str | os.PathLike, fix: str = "") -> Any:
+    """Parse a JSON file; a file that is not valid JSON raises :class:`RunFileError` naming it.
+
+    Args:
+        path: the file.
+        fix: what to do about a damaged file, appended to the message.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunFileError(
+            f"{path} is damaged (not valid JSON: {exc})" + (f"; {fix}" if fix else "")
+        ) from None
 
 
 def _json_default(o: Any) -> Any:
@@ -242,6 +275,8 @@ def save_checkpoint(
         save_file(tensors, str(tmp / "model.safetensors"))
         torch.save(state, tmp / "state.pt")
         torch.load(tmp / "state.pt", weights_only=True)  # fail now, not at resume time
+        sums = {name: _sha256(tmp / name) for name in _CKPT_FILES}  # what is on disk, read back
+        _io.write_text(tmp / _CHECKSUMS, json.dumps(sums, indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -262,27 +297,106 @@ def save_checkpoint(
     return _ckpt_dir(run_dir, step)
 
 
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _what_to_do(run_dir: str | os.PathLike, step: int, steps: list[int]) -> str:
+    """The advice for a damaged checkpoint ``step`` of a run with checkpoints ``steps``."""
+    earlier = [s for s in steps if s < step]
+    delete_run = f"delete the run ({run_dir}) to train it again from the start"
+    if not earlier:
+        return delete_run
+    return (
+        f"delete {_ckpt_dir(run_dir, step)} to resume from the previous checkpoint (step {earlier[-1]}), "
+        f"or {delete_run}"
+    )
+
+
+def verify_checkpoint(run_dir: str | os.PathLike, step: int) -> None:
+    """Check checkpoint ``step``'s files against the SHA-256 recorded when they were written.
+
+    Raises :class:`RunFileError` naming the first file that differs (or a damaged ``sha256.json``);
+    a checkpoint written before checksums were recorded passes unverified.
+
+    Args:
+        run_dir: the run directory.
+        step: the checkpoint's step.
+    """
+    d = _ckpt_dir(run_dir, step)
+    if not (d / _CHECKSUMS).exists():
+        return
+    fix = _what_to_do(run_dir, step, list_checkpoints(run_dir))
+    sums = read_json(d / _CHECKSUMS, fix=fix)
+    if not isinstance(sums, dict) or any(not isinstance(sums.get(n), str) for n in _CKPT_FILES):
+        raise RunFileError(f"{d / _CHECKSUMS} is damaged (it does not list {list(_CKPT_FILES)}); {fix}")
+    for name in _CKPT_FILES:
+        if _sha256(d / name) != sums[name]:
+            raise RunFileError(
+                f"{d / name} is damaged: its SHA-256 differs from the one recorded when it was written; {fix}"
+            )
+
+
+def _load_one(
+    run_dir: str | os.PathLike, step: int, steps: list[int], map_location: str | torch.device
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Verify and read checkpoint ``step``; :class:`RunFileError` naming a damaged file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    verify_checkpoint(run_dir, step)
+    d = _ckpt_dir(run_dir, step)
+    try:
+        weights = load_file(str(d / "model.safetensors"), device=str(map_location))
+    except SafetensorError as exc:
+        raise RunFileError(
+            f"{d / 'model.safetensors'} is damaged ({exc}); {_what_to_do(run_dir, step, steps)}"
+        ) from None
+    try:
+        state = torch.load(d / "state.pt", map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        first = str(exc).split(". ")[0]
+        raise RunFileError(f"{d / 'state.pt'} is damaged ({first}); {_what_to_do(run_dir, step, steps)}") from None
+    return weights, state
+
+
 def load_checkpoint(
     run_dir: str | os.PathLike, step: int | None = None, map_location: str | torch.device = "cpu"
 ) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
-    """``(step, weights, state)`` of checkpoint ``step`` (default: the latest).
+    """``(step, weights, state)`` of checkpoint ``step`` (default: the latest good one).
 
     ``weights`` comes from ``model.safetensors``; ``state`` from ``state.pt``, loaded with
-    ``weights_only=True``. Raises FileNotFoundError when the run has no (such) checkpoint.
-    """
-    from safetensors.torch import load_file
+    ``weights_only=True``; both are first checked against their recorded SHA-256
+    (:func:`verify_checkpoint`). Without ``step``, a damaged latest checkpoint is skipped with a
+    ``RuntimeWarning`` naming the file, and the previous good one is returned. Raises
+    FileNotFoundError when the run has no (such) checkpoint, :class:`RunFileError` naming the file
+    when checkpoint ``step`` (or, without ``step``, every checkpoint) is damaged.
 
+    Args:
+        run_dir: the run directory.
+        step: the checkpoint to load; ``None`` for the latest good one.
+        map_location: where the tensors are loaded.
+    """
     steps = list_checkpoints(run_dir)
     if not steps:
         raise FileNotFoundError(f"run {run_dir} has no checkpoint")
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise FileNotFoundError(f"run {run_dir} has no checkpoint at step {step}; available: {steps}")
-    d = _ckpt_dir(run_dir, step)
-    weights = load_file(str(d / "model.safetensors"), device=str(map_location))
-    state = torch.load(d / "state.pt", map_location=map_location, weights_only=True)
-    return step, weights, state
+    if step is not None:
+        if step not in steps:
+            raise FileNotFoundError(f"run {run_dir} has no checkpoint at step {step}; available: {steps}")
+        return (step, *_load_one(run_dir, step, steps, map_location))
+    newest_first = steps[::-1]
+    for candidate, previous in zip(newest_first, newest_first[1:]):
+        try:
+            return (candidate, *_load_one(run_dir, candidate, steps, map_location))
+        except RunFileError as exc:
+            warnings.warn(
+                f"skipping checkpoint step {candidate}: {str(exc).split('; ')[0]}; "
+                f"using the previous checkpoint (step {previous})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return (steps[0], *_load_one(run_dir, steps[0], steps, map_location))  # the oldest: its error is raised
 
 
 # ---------------------------------------------------------------------------------------------- Run
@@ -313,7 +427,11 @@ class Run:
 
     @property
     def config_dict(self) -> dict[str, Any]:
-        return read_json(self.path / "config.json")
+        """The run's ``config.json`` as a dict (:class:`RunFileError` if it is damaged)."""
+        return read_json(
+            self.path / "config.json",
+            fix=f"the config of the run cannot be recovered: delete the run ({self.path}) and start it again",
+        )
 
     @property
     def config(self) -> TrainConfig:
@@ -321,8 +439,19 @@ class Run:
 
     @property
     def status_info(self) -> dict[str, Any]:
+        """The run's ``status.json`` (``{"status": "missing"}`` before it exists; :class:`RunFileError`
+        if it is damaged)."""
         p = self.path / "status.json"
-        return read_json(p) if p.exists() else {"status": "missing"}
+        if not p.exists():
+            return {"status": "missing"}
+        info = read_json(p, fix=f"delete it and train the run again to resume it from its last checkpoint "
+                                f"(the status is rewritten), or delete the run ({self.path})")
+        if not isinstance(info, dict) or info.get("status") not in (*STATUSES, "missing"):
+            raise RunFileError(
+                f"{p} is damaged (no valid 'status' in it); delete it and train the run again to resume it "
+                f"from its last checkpoint, or delete the run ({self.path})"
+            )
+        return info
 
     @property
     def status(self) -> str:
@@ -336,7 +465,7 @@ class Run:
     @property
     def metadata(self) -> dict[str, Any]:
         p = self.path / "metadata.json"
-        return read_json(p) if p.exists() else {}
+        return read_json(p, fix="train the run again to rewrite it") if p.exists() else {}
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -408,7 +537,7 @@ def load_model(
     meta_p = run_dir / "metadata.json"
     if not meta_p.exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no metadata.json)")
-    spec = read_json(meta_p)["model"]
+    spec = read_json(meta_p, fix=f"delete the run ({run_dir}) and train it again")["model"]
     _, weights, _ = load_checkpoint(run_dir, step, map_location=map_location)
     model = from_spec(spec)
     dtypes = {v.dtype for v in weights.values() if v.is_floating_point()}

@@ -445,10 +445,8 @@ def _restore(training: _Training, resume: bool) -> None:
     metrics_path = training.run_dir / "metrics.jsonl"
     ckpts = _runs.list_checkpoints(training.run_dir) if resume else []
     state = None
-    if ckpts:
-        training.start, weights, state = _runs.load_checkpoint(
-            training.run_dir, ckpts[-1], map_location=training.device
-        )
+    if ckpts:  # the latest good checkpoint: a damaged one is skipped with a warning naming its file
+        training.start, weights, state = _runs.load_checkpoint(training.run_dir, map_location=training.device)
         training.model.load_state_dict(weights)
         _runs.truncate_metrics(metrics_path, training.start)
     elif training.config.init_from is not None:
@@ -692,7 +690,10 @@ def train(
     - ``resume=False``: metrics, checkpoints and status are deleted and the run starts over.
 
     A directory holding a different config raises ValueError; one that another process is training
-    raises RuntimeError. ``progress`` shows a tqdm bar.
+    raises RuntimeError; a damaged ``config.json``/``status.json`` (or a damaged checkpoint with no
+    good one before it) raises :class:`~ravine.experiments.runs.RunFileError` naming the file and
+    what to do. A damaged latest checkpoint is skipped with a warning: the run resumes from the
+    previous good one. ``progress`` shows a tqdm bar.
     ``on_step(record)`` is called after every step record is written (return value ignored).
     ``optimizer_factory(model)`` overrides ``config.optimizer``: it may return any
     ``torch.optim.Optimizer`` (torch's or ``ravine.optim``'s) or a ``ravine.optim.Transform`` (wrapped in
@@ -707,7 +708,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "config.json"
     if cfg_path.exists():
-        old, new = _runs.read_json(cfg_path), config.to_dict()
+        old, new = _runs.Run(run_dir).config_dict, config.to_dict()
         differing = sorted(
             k for k in set(old) | set(new) if k not in TrainConfig.HASH_EXCLUDE and old.get(k) != new.get(k)
         )
