@@ -131,7 +131,12 @@ def test_run_report_bad_arguments(tmp_path):
 
 
 def test_killed_report_process_continues_where_it_stopped(tmp_path):
-    """SIGKILL a real report process after its first experiment finished; the rerun reuses that result."""
+    """SIGKILL a real report process after its first experiment finished; the rerun reuses that result.
+
+    The process is killed once the partial report shows the first experiment (the report is
+    rewritten after each experiment's ``result.json``, so waiting for the result alone would race
+    the HTML): the test waits for the state it asserts, however slow the machine.
+    """
     import json
     import signal
     import subprocess
@@ -145,15 +150,19 @@ def test_killed_report_process_continues_where_it_stopped(tmp_path):
     )
     proc = subprocess.Popen([sys.executable, "-c", code])
     first = tmp_path / "tiny" / "adam-ablation" / "result.json"
-    deadline = time.time() + 240
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
+    partial = report_path(tmp_path, "tiny")
+
+    def shows_first() -> bool:  # the report is replaced atomically: a read sees a whole file
+        return partial.exists() and 'id="exp-adam-ablation"' in partial.read_text()
+
+    deadline = time.monotonic() + 600  # a guard against a hung process, not a timing assumption
+    while not shows_first() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert first.exists(), "the first experiment never finished"
+    assert shows_first(), f"the partial report never showed the first experiment (exit code {proc.returncode})"
+    assert first.exists()
     finished = json.loads(first.read_text())["finished_at"]
-    html = report_path(tmp_path, "tiny").read_text()  # the partial report was written atomically
-    assert 'id="exp-adam-ablation"' in html
     outcome = run_report("tiny", tmp_path, experiments=["adam-ablation", "clipping"], progress=False, gallery=False)
     assert [r.name for r in outcome.results] == ["adam-ablation", "clipping"]
     assert outcome.results[0].finished_at == finished  # reused, not rerun
