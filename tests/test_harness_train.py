@@ -220,6 +220,38 @@ def test_nonfinite_gradients_are_skipped(tmp_path, kind):
     assert run.status == "completed"
 
 
+def test_large_finite_gradients_are_stepped_as_torch_steps_them(tmp_path):
+    """A gradient of finite values whose squares overflow the dtype (global norm inf, as torch's
+    ``get_total_norm`` says too) is no inf or nan: torch.optim steps it, and so does the harness,
+    with torch's optimizer or ravine's, to the same weights."""
+    import ravine.optim as ro
+
+    finals = {}
+    for kind in ("torch", "ravine"):
+        state = {"calls": 0}
+
+        def factory(model, kind=kind, state=state):
+            p = next(model.parameters())
+            finals[kind] = p
+
+            def hook(g):
+                state["calls"] += 1
+                return torch.full_like(g, torch.finfo(g.dtype).max / 10) if state["calls"] == 3 else g
+
+            p.register_hook(hook)
+            return torch.optim.SGD(model.parameters(), lr=0.1) if kind == "torch" else ro.sgd(0.1)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # nothing is skipped, nothing to warn about
+            run = train(_cfg(steps=3, optimizer=f"sgd-huge-{kind}"), tmp_path / kind, progress=False,
+                        optimizer_factory=factory)
+        recs = run.metrics
+        assert [r["skipped"] for r in recs] == [False, False, False] and run.status == "completed"
+        assert recs[2]["grad_norm"] == math.inf
+        assert float(finals[kind].detach().abs().max()) > torch.finfo(finals[kind].dtype).max / 1000
+    assert torch.equal(finals["torch"].detach(), finals["ravine"].detach())
+
+
 def test_optimizer_factory_may_return_a_ravine_transform(tmp_path):
     import ravine.optim as ro
 

@@ -28,7 +28,8 @@ Clipping and skipped steps, one implementation: ``config.clip`` is ``ravine.opti
 in its chain and reports the norms in ``opt.stats``; it skips a step with non-finite gradients itself
 (``nonfinite="skip"``, counted in ``opt.skipped_steps``). Value clipping, and any optimizer that takes
 no chain (torch's), get the same transform applied to the gradients in place; a torch optimizer's step
-is skipped when the global gradient norm is not finite.
+is skipped when a gradient holds an inf or a nan, as ravine's (finite gradients whose global norm
+overflows, e.g. float32 values of 1e20, are stepped as torch steps them unless ``config.clip`` clips them).
 
 Divergence: a non-finite batch loss (or one above ``divergence_loss`` when set) ends the run with
 status ``"diverged"`` at that step k (the step's record has the loss and ``diverged: true``; no update
@@ -83,7 +84,7 @@ from torch import nn
 import ravine.optim as ro
 from ravine import schedules
 from ravine._nn import evaluation_mode, training_mode
-from ravine.optim.base import global_norm
+from ravine.optim.base import finite_tensors, global_norm
 
 from . import data as _data
 from . import models as _models
@@ -491,12 +492,17 @@ def _update(training: _Training) -> tuple[dict[str, Any], float]:
     clipped = False
     if training.grad_clip is not None:
         norm, clipped = _clip_grads(training.grad_clip, grads)
-    if ours or math.isfinite(norm):  # ravine's optimizer skips non-finite gradients itself
+    # ravine's optimizer skips non-finite gradients itself; for another, the same rule: a real
+    # inf/nan, or a clip norm that overflowed (an overflowed norm of finite, unclipped gradients is not)
+    finite = ours or math.isfinite(norm) or (
+        training.grad_clip is None and bool(finite_tensors([g.detach() for g in grads]).all())
+    )
+    if finite:
         training.opt.step()
         _sync(training.device)
     seconds = time.perf_counter() - t0
 
-    skipped = training.opt.skipped_steps > skipped_before if ours else not math.isfinite(norm)
+    skipped = training.opt.skipped_steps > skipped_before if ours else not finite
     stats = training.opt.stats if ours and not skipped else {}
     if training.clip_in_chain and not skipped:  # the chain measured both norms
         norm, post, clipped = float(stats["grad_norm"]), float(stats["clipped_norm"]), bool(stats["clipped"])
