@@ -26,7 +26,9 @@ torch ``Optimizer``), :mod:`~ravine.optim.fused` (its flat-buffer and compiled p
 """
 
 from ._constraints import CONSTRAINTS
+from .adafactor import Adafactor, adafactor, clip_by_block_rms, scale_by_factored_rms, scale_by_param_rms
 from .adapter import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from .adopt import ADOPT, adopt, scale_by_adopt
 from .alias import (
     adagrad,
     adam,
@@ -47,6 +49,8 @@ from .alias import (
     torch_sgd,
 )
 from .base import Transform, apply_updates, chain, chain_info, resolve, transform
+from .lion import Lion, lion, scale_by_lion
+from .muon import Muon, MuonWithAdamW, muon, muon_param_groups, muon_with_adamw, orthogonalize, scale_by_shape
 from .transforms import (
     add_decayed_weights,
     add_l2,
@@ -73,4 +77,7 @@ __all__ = [
     "get", "names", "hyperparam_names",
     "torch_sgd", "torch_adam", "torch_adamw", "torch_rmsprop", "torch_adagrad",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
+    "lion", "scale_by_lion", "Lion", "adopt", "scale_by_adopt", "ADOPT",
+    "adafactor", "scale_by_factored_rms", "clip_by_block_rms", "scale_by_param_rms", "Adafactor",
+    "muon", "muon_with_adamw", "muon_param_groups", "orthogonalize", "scale_by_shape", "Muon", "MuonWithAdamW",
 ]

@@ -47,6 +47,17 @@ CONSTRAINTS: dict[str, Interval | Options] = {
     "form": Options(("ema", "heavy_ball")),
     "convention": Options(("torch", "decoupled")),
     "decay_convention": Options(("torch", "decoupled")),
+    # ADOPT (ravine.optim.adopt): the normalised gradient is clipped to t ** clip_exponent
+    "clip_exponent": Interval.finite(float, 0),
+    # Adafactor (ravine.optim.adafactor): torch.optim.Adafactor's ranges
+    "beta2_decay": Interval.finite(float, None, 0),
+    "eps1": _NONNEGATIVE,
+    "eps2": _NONNEGATIVE,
+    "d": Interval.finite(float, 1),
+    # Muon (ravine.optim.muon)
+    "ns_steps": Interval(int, 1, 100, closed="left"),
+    "adjust_lr": Options((None, "original", "match_rms_adamw")),
+    "momentum_form": Options(("ema", "heavy_ball")),
 }
 """Hyperparameter name -> allowed values (a number's interval, or the choices of a string)."""
 
