@@ -40,15 +40,17 @@ from collections.abc import Callable
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import numpy as np
 import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import ravine.optim as ro
 import ravine.schedules as rsch
@@ -515,19 +517,23 @@ def _sanitize(value: Any) -> Any:
     return str(value)
 
 
-def _validation_response(errors: list[dict[str, Any]]) -> JSONResponse:
-    """A 422 listing each error with its ``loc``, dotted ``field`` and message, and all in one ``message``."""
+def _validation_response(errors: list[dict[str, Any]], status_code: int = 422) -> JSONResponse:
+    """A 422 (or ``status_code``) listing each error with its ``loc``, dotted ``field`` and message, and all in
+    one ``message``."""
     detail = []
     for e in errors:
         loc = [p for p in e.get("loc", ()) if not (isinstance(p, str) and p.startswith("function-"))]
         msg = str(e.get("msg", "invalid value"))
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
+        elif "input" in e and e.get("type") != "missing":  # pydantic's own words do not quote the value
+            shown = json.dumps(_sanitize(e["input"]))
+            msg = f"{msg}, got {shown if len(shown) <= 80 else shown[:77] + '...'}"
         field = ".".join(str(p) for p in loc if p != "body") or "body"
         item = {"loc": _sanitize(loc), "msg": msg, "type": str(e.get("type", "value_error")), "field": field}
         detail.append(item)
     message = "; ".join(f"{d['field']}: {d['msg']}" for d in detail)
-    return JSONResponse(status_code=422, content={"detail": detail, "message": message})
+    return JSONResponse(status_code=status_code, content={"detail": detail, "message": message})
 
 
 def create_app(
@@ -596,6 +602,15 @@ def create_app(
     async def _on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _validation_response(list(exc.errors()))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # A body FastAPI cannot even decode (e.g. bytes that are not UTF-8) is a 400 whose detail said only
+        # "There was an error parsing the body": name the body and say what is allowed, as for a 422.
+        if exc.status_code == 400 and request.method == "POST":
+            msg = f"{exc.detail}; send a JSON object (UTF-8, Content-Type: application/json)"
+            return _validation_response([{"loc": ["body"], "msg": msg, "type": "body_unreadable"}], 400)
+        return await http_exception_handler(request, exc)
+
     # ------------------------------------------------------------------ page and assets
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 
@@ -638,7 +653,11 @@ def create_app(
 
     @app.get("/api/surfaces", response_model=list[models.SurfaceOut], summary="Built-in surfaces")
     async def surfaces(
-        grid: int = Query(0, ge=0, le=models.MAX_GRID, description="0: no grids; else an n x n contour grid each"),
+        grid: Annotated[
+            models.GridSideQuery,
+            Query(description=f"0: no grids; else an n x n contour grid each, n in [{models.MIN_GRID}, "
+                  f"{models.MAX_GRID}]"),
+        ] = 0,
     ) -> Response:
         def work() -> bytes:
             out = [_surface_out(rs.get(name), grid) for name in rs.names()]

@@ -9,7 +9,9 @@ controls:
   characters;
 - total work is capped: ``optimizers x steps <= MAX_TRAJECTORY_WORK`` and
   ``sweep cells x steps <= MAX_SWEEP_WORK`` (row-steps of the batched simulator);
-- every float is finite (``NaN``/``inf`` in a request is a 422);
+- every float is finite (``NaN``/``inf`` in a request is a 422), and types are strict: a JSON number
+  where a number is asked, an integer where an integer is (``true`` or ``"5"`` for ``steps`` is a 422),
+  ``true``/``false`` where a boolean is;
 - an optimizer hyperparameter (``HYPERPARAMS``) or a clip threshold (``CLIP_MAX``) is allowed what
   the library's own constraint (``ravine.optim.CONSTRAINTS``) allows, narrowed (never widened: an
   ``Interval.intersect``) where the playground needs less, e.g. ``lr`` in ``(0, 1000]`` of the library's
@@ -34,7 +36,16 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 import ravine.optim as ro
 import ravine.schedules as rsch
@@ -49,17 +60,53 @@ MAX_OPTIMIZERS = 16
 MAX_SWEEP_SIDE = 128
 #: Characters of a typed expression.
 MAX_EXPRESSION_LENGTH = 500
-#: Points per side of a contour grid.
+#: Points per side of a contour grid (a grid needs at least ``MIN_GRID``).
 MAX_GRID = 300
+MIN_GRID = 2
+#: Largest magnitude of a bound of an expression's box.
+MAX_DOMAIN = 1e4
 #: optimizers x steps of one trajectory request (16 optimizers x 10000 steps fits).
 MAX_TRAJECTORY_WORK = MAX_OPTIMIZERS * MAX_STEPS
 #: sweep cells x steps of one sweep request (e.g. 128 x 128 cells x 256 steps, 64 x 64 x 1024).
 MAX_SWEEP_WORK = 128 * 128 * 256
 
-#: A float that is not NaN or infinite.
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+#: A float that is not NaN or infinite (a JSON number: ``true`` or ``"1"`` is refused).
+Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]
+#: An integer given as a JSON integer (``true``, ``5.0`` or ``"5"`` is refused).
+StrictInt = Annotated[int, Field(strict=True)]
 #: A point (x, y) of the plane.
 Point = tuple[Finite, Finite]
+#: ``((xmin, xmax), (ymin, ymax))``: the box of an expression's surface.
+Domain = tuple[Point, Point]
+
+
+def _grid_side(n: int) -> int:
+    if n != 0 and not MIN_GRID <= n <= MAX_GRID:
+        raise ValueError(f"grid must be 0 (no grid) or in [{MIN_GRID}, {MAX_GRID}], got {n!r}")
+    return n
+
+
+_GRID_SCHEMA = WithJsonSchema(
+    {"anyOf": [{"type": "integer", "const": 0}, {"type": "integer", "minimum": MIN_GRID, "maximum": MAX_GRID}]}
+)
+#: The side of a contour grid that a request may ask for: 0 (no grid) or ``MIN_GRID..MAX_GRID``
+#: (a JSON integer in a body; ``GridSideQuery`` reads it from a query string).
+GridSide = Annotated[int, Field(strict=True), AfterValidator(_grid_side), _GRID_SCHEMA]
+GridSideQuery = Annotated[int, AfterValidator(_grid_side), _GRID_SCHEMA]
+
+
+def check_domain(domain: Domain | None, field: str) -> Domain | None:
+    """``domain`` if each interval is ordered (min < max) and every bound is at most :data:`MAX_DOMAIN` in
+    magnitude, else a ``ValueError`` naming ``field``, the value and what is allowed."""
+    if domain is None:
+        return None
+    (x0, x1), (y0, y1) = domain
+    if not (x0 < x1 and y0 < y1) or max(abs(x0), abs(x1), abs(y0), abs(y1)) > MAX_DOMAIN:
+        raise ValueError(
+            f"{field} {domain!r} is invalid; allowed: ((xmin, xmax), (ymin, ymax)) with min < max and "
+            f"|bounds| <= {MAX_DOMAIN:g}"
+        )
+    return domain
 
 
 class _Strict(BaseModel):
@@ -151,6 +198,10 @@ _CAPS = {
     "weight_decay": Interval(float, None, 100.0),
     "initial_accumulator_value": Interval(float, None, 100.0),
     "lr_decay": Interval(float, None, 100.0),
+    "warmup_steps": Interval(int, None, MAX_STEPS),
+    "r": Interval(float, None, 10.0),
+    "weight_lr_power": Interval(float, None, 10.0),
+    "clip_exponent": Interval(float, None, 10.0),
 }
 
 #: Every optimizer hyperparameter the playground exposes. A named optimizer's hyperparameter that
@@ -200,6 +251,38 @@ HYPERPARAMS: dict[str, HyperparamInfo] = {
         HyperparamInfo("centered", "bool", "subtract the squared mean gradient (centred RMSProp)"),
         HyperparamInfo("form", "choice", "momentum form: EMA (1-beta) g or heavy ball g"),
         HyperparamInfo("decay_convention", "choice", "weight decay scaled by lr (torch) or not (decoupled)"),
+        # the newer elementwise optimizers (Schedule-Free AdamW, ADOPT)
+        HyperparamInfo(
+            "warmup_steps",
+            "float",
+            "Schedule-Free: linear learning-rate warmup over this many steps",
+            _CAPS["warmup_steps"],
+            ui_min=0,
+            ui_max=200,
+            step=1,
+        ),
+        HyperparamInfo(
+            "r", "float", "Schedule-Free: average weights grow as (t+1)^r", _CAPS["r"], ui_min=0.0, ui_max=4.0, step=0.1
+        ),
+        HyperparamInfo(
+            "weight_lr_power",
+            "float",
+            "Schedule-Free: average weights grow as max lr^power",
+            _CAPS["weight_lr_power"],
+            ui_min=0.0,
+            ui_max=4.0,
+            step=0.1,
+        ),
+        HyperparamInfo(
+            "clip_exponent",
+            "float",
+            "ADOPT: the normalised gradient is clipped to t^clip_exponent",
+            _CAPS["clip_exponent"],
+            ui_min=0.0,
+            ui_max=1.0,
+            step=0.05,
+        ),
+        HyperparamInfo("decoupled_weight_decay", "bool", "ADOPT: weight decay decoupled (AdamW-style) or as L2"),
     ]
 }
 
@@ -225,7 +308,10 @@ class SurfaceSpec(_Strict):
     ``ravine.surfaces.parse`` (whitelist of operators and functions; never evaluated as code).
     """
 
-    name: str = Field("bowl", max_length=40, description="built-in surface name (see GET /api/surfaces)")
+    name: str = Field(
+        "bowl", max_length=40, description="built-in surface name (see GET /api/surfaces)",
+        json_schema_extra={"enum": list(rs.names())},
+    )
     params: dict[str, Finite] = Field(
         default_factory=dict, max_length=8, description="keyword parameters of the built-in surface"
     )
@@ -234,21 +320,19 @@ class SurfaceSpec(_Strict):
         max_length=MAX_EXPRESSION_LENGTH,
         description="f(x, y) in the parser's whitelist syntax, e.g. 'x**2 + 10*y**2'",
     )
-    domain: tuple[Point, Point] | None = Field(
+    domain: Domain | None = Field(
         None, description="((xmin, xmax), (ymin, ymax)) of an expression's box; default ((-2, 2), (-2, 2))"
     )
 
     _surface: Any = PrivateAttr(None)
 
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: Domain | None) -> Domain | None:
+        return check_domain(v, "surface.domain")
+
     @model_validator(mode="after")
     def _build(self) -> SurfaceSpec:
-        if self.domain is not None:
-            (x0, x1), (y0, y1) = self.domain
-            if not (x0 < x1 and y0 < y1) or max(abs(x0), abs(x1), abs(y0), abs(y1)) > 1e4:
-                raise ValueError(
-                    f"surface.domain {self.domain!r} is invalid; allowed: ((xmin, xmax), (ymin, ymax)) with "
-                    "min < max and |bounds| <= 1e4"
-                )
         if self.expression is not None and self.expression.strip():
             try:
                 if self.domain is not None:
@@ -278,9 +362,12 @@ class SurfaceSpec(_Strict):
 class OptimizerSpec(_Strict):
     """One optimizer: a named optimizer of ``ravine.optim`` and the hyperparameters it overrides."""
 
-    name: str = Field(..., max_length=40, description="named optimizer (see GET /api/optimizers)")
+    name: str = Field(
+        ..., max_length=40, description="named optimizer (see GET /api/optimizers)",
+        json_schema_extra={"enum": list(ro.names())},
+    )
     label: str | None = Field(None, max_length=60, description="legend label; default: the name")
-    hyperparams: dict[str, float | bool | str] = Field(default_factory=dict, max_length=16)
+    hyperparams: dict[str, bool | int | float | str] = Field(default_factory=dict, max_length=16)
 
     @field_validator("name")
     @classmethod
@@ -361,7 +448,10 @@ class ScheduleSpec(_Strict):
     ``GET /api/schedules``: each parameter's ``auto``).
     """
 
-    name: str = Field(..., max_length=40, description="schedule name (see GET /api/schedules)")
+    name: str = Field(
+        ..., max_length=40, description="schedule name (see GET /api/schedules)",
+        json_schema_extra={"enum": list(rsch.names())},
+    )
     params: dict[str, int | Finite | bool | str] = Field(default_factory=dict, max_length=12)
 
     @model_validator(mode="after")
@@ -403,13 +493,13 @@ class ClipSpec(_Strict):
 class _RunCommon(_Strict):
     surface: SurfaceSpec = Field(default_factory=lambda: SurfaceSpec())
     start: Point | None = Field(None, description="start point (x, y); default: the surface's start")
-    steps: int = Field(200, ge=1, le=MAX_STEPS, description=f"number of updates (1..{MAX_STEPS})")
+    steps: int = Field(200, ge=1, le=MAX_STEPS, strict=True, description=f"number of updates (1..{MAX_STEPS})")
     noise: Finite = Field(0.0, ge=0.0, le=1e3, description="std of Gaussian noise added to each gradient")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the gradient noise")
+    seed: int = Field(0, ge=0, le=2**31 - 1, strict=True, description="seed of the gradient noise")
     tol: Finite = Field(1e-6, gt=0.0, le=1e6, description="converged when loss - global min <= tol")
     schedule: ScheduleSpec | None = None
     clip: ClipSpec | None = None
-    batch_size: int | None = Field(
+    batch_size: StrictInt | None = Field(
         None, ge=1, le=1_000_000, description="noise std is divided by sqrt(batch_size) (SGD emulation)"
     )
 
@@ -440,11 +530,14 @@ class TrajectoryRequest(_RunCommon):
 class AxisSpec(_Strict):
     """One sweep axis: hyperparameter ``name`` at ``n`` values from ``min`` to ``max`` (log-spaced if ``log``)."""
 
-    name: str = Field(..., max_length=40)
+    name: str = Field(
+        ..., max_length=40, description="the hyperparameter to sweep",
+        json_schema_extra={"enum": [h.name for h in HYPERPARAMS.values() if h.kind == "float"]},
+    )
     min: Finite
     max: Finite
-    n: int = Field(32, ge=2, le=MAX_SWEEP_SIDE)
-    log: bool = False
+    n: int = Field(32, ge=2, le=MAX_SWEEP_SIDE, strict=True)
+    log: bool = Field(False, strict=True)
 
     @model_validator(mode="after")
     def _range(self) -> AxisSpec:
@@ -507,15 +600,20 @@ class ExpressionCheck(_Strict):
     """An expression to validate (and, if valid, to grid for a contour)."""
 
     expression: str = Field(..., max_length=MAX_EXPRESSION_LENGTH)
-    domain: tuple[Point, Point] | None = None
-    grid: int = Field(0, ge=0, le=MAX_GRID, description="0: no grid; else an n x n contour grid")
+    domain: Domain | None = None
+    grid: GridSide = Field(0, description=f"0: no grid; else an n x n contour grid, n in [{MIN_GRID}, {MAX_GRID}]")
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: Domain | None) -> Domain | None:
+        return check_domain(v, "domain")
 
 
 class GridRequest(_Strict):
     """A surface to draw as an ``n`` x ``n`` contour grid."""
 
     surface: SurfaceSpec = Field(default_factory=lambda: SurfaceSpec())
-    n: int = Field(120, ge=10, le=MAX_GRID)
+    n: int = Field(120, ge=10, le=MAX_GRID, strict=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -578,7 +676,7 @@ class RunOut(BaseModel):
 
     label: str
     name: str
-    hyperparams: dict[str, float | bool | str]
+    hyperparams: dict[str, bool | int | float | str]
     x: list[MaybeFloat] = Field(..., description="x of positions 0..steps")
     y: list[MaybeFloat]
     loss: list[MaybeFloat] = Field(..., description="loss at positions 0..steps")
