@@ -30,6 +30,7 @@ from .adafactor import Adafactor, adafactor, clip_by_block_rms, scale_by_factore
 from .adapter import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from .adopt import ADOPT, adopt, scale_by_adopt
 from .alias import (
+    _register,
     adagrad,
     adam,
     adam_l2,
@@ -51,6 +52,14 @@ from .alias import (
 from .base import Transform, apply_updates, chain, chain_info, resolve, transform
 from .lion import Lion, lion, scale_by_lion
 from .muon import Muon, MuonWithAdamW, muon, muon_param_groups, muon_with_adamw, orthogonalize, scale_by_shape
+from .schedule_free import (
+    ScheduleFreeAdamW,
+    scale_by_debiased_rms,
+    schedule_free,
+    schedule_free_adamw,
+    schedule_free_eval,
+)
+from .soap import scale_by_soap, soap
 from .transforms import (
     add_decayed_weights,
     add_l2,
@@ -77,7 +86,17 @@ __all__ = [
     "get", "names", "hyperparam_names",
     "torch_sgd", "torch_adam", "torch_adamw", "torch_rmsprop", "torch_adagrad",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
+    "schedule_free_adamw", "schedule_free", "scale_by_debiased_rms", "schedule_free_eval", "ScheduleFreeAdamW",
+    "soap", "scale_by_soap",
     "lion", "scale_by_lion", "Lion", "adopt", "scale_by_adopt", "ADOPT",
     "adafactor", "scale_by_factored_rms", "clip_by_block_rms", "scale_by_param_rms", "Adafactor",
     "muon", "muon_with_adamw", "muon_param_groups", "orthogonalize", "scale_by_shape", "Muon", "MuonWithAdamW",
 ]
+
+# the optimizers defined in their own modules join the registry of get() and names() (alias.py
+# cannot import them: they build on the adapter, which imports alias)
+for _factory in (schedule_free_adamw, lion, adopt):
+    _register(_factory.__name__, _factory, elementwise=True)
+for _factory in (soap, adafactor, muon):
+    _register(_factory.__name__, _factory, elementwise=False)
+del _factory

@@ -47,6 +47,14 @@ CONSTRAINTS: dict[str, Interval | Options] = {
     "form": Options(("ema", "heavy_ball")),
     "convention": Options(("torch", "decoupled")),
     "decay_convention": Options(("torch", "decoupled")),
+    # Schedule-Free (ravine.optim.schedule_free)
+    "warmup_steps": Interval(int, 0, None),
+    "r": Interval(float, 0, None, closed="left"),
+    "weight_lr_power": Interval(float, 0, None, closed="left"),
+    # SOAP (ravine.optim.soap)
+    "shampoo_beta": _UNIT,
+    "precondition_frequency": Interval(int, 1, None),
+    "max_precondition_dim": Interval(int, 1, None),
     # ADOPT (ravine.optim.adopt): the normalised gradient is clipped to t ** clip_exponent
     "clip_exponent": Interval.finite(float, 0),
     # Adafactor (ravine.optim.adafactor): torch.optim.Adafactor's ranges

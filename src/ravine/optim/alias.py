@@ -389,9 +389,34 @@ _NAMED = {
 }
 
 
-def names() -> list[str]:
-    """Names of the chapter's optimizers accepted by :func:`get`."""
-    return list(_NAMED)
+# The optimizers defined in their own modules (``schedule_free``, ``lion``, ``adopt``, ``soap``,
+# ``adafactor``, ``muon``) define torch classes on :mod:`ravine.optim.adapter`, which imports this
+# module, so this module cannot import them: ``ravine.optim`` registers them once it has imported
+# everything (``_register``). Elementwise ones are listed by ``names()``; matrix ones on request.
+_ELEMENTWISE: dict[str, Callable[..., Transform]] = {}
+_MATRIX: dict[str, Callable[..., Transform]] = {}
+
+
+def _register(name: str, factory: Callable[..., Transform], *, elementwise: bool) -> None:
+    """Make ``factory`` a named optimizer of :func:`get` (and of :func:`names` if ``elementwise``)."""
+    if name in _NAMED or name in _ELEMENTWISE or name in _MATRIX:
+        raise ValueError(f"an optimizer named {name!r} is already registered")
+    (_ELEMENTWISE if elementwise else _MATRIX)[name] = factory
+
+
+def names(matrix: bool = False) -> list[str]:
+    """Names of the optimizers accepted by :func:`get`.
+
+    Args:
+        matrix: also list the optimizers that precondition whole matrices (``soap``, ``adafactor``,
+            ``muon``). They are left out by default because the 2D world (``ravine.simulate``, the playground) steps a
+            batch of points as the rows of one tensor, which such an optimizer would mix.
+
+    Returns:
+        The names: the chapter's optimizers first, then the newer elementwise ones.
+    """
+    out = list(_NAMED) + list(_ELEMENTWISE)
+    return out + list(_MATRIX) if matrix else out
 
 
 def hyperparam_names(name: str) -> tuple[str, ...]:
@@ -400,10 +425,10 @@ def hyperparam_names(name: str) -> tuple[str, ...]:
 
 
 def _lookup(name: str) -> Callable[..., Transform]:
-    try:
-        return _NAMED[name]
-    except KeyError:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {names()}") from None
+    factory = _NAMED.get(name) or _ELEMENTWISE.get(name) or _MATRIX.get(name)
+    if factory is None:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {names(matrix=True)}")
+    return factory
 
 
 def get(name: str, **hyperparams: Any) -> Transform:
