@@ -11,6 +11,7 @@ elementwise and do not run on the fused path: ``fused=True``/``"flat"`` raise na
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -234,7 +235,7 @@ class Adafactor(Optimizer):
 
     def __init__(
         self,
-        params,
+        params: Iterable[Any],
         lr: float = 1e-2,
         beta2_decay: float = -0.8,
         eps: tuple[float | None, float] = (None, 1e-3),

@@ -11,6 +11,9 @@ momentum, so the momentum averages already-normalised gradients.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -172,7 +175,7 @@ class ADOPT(Optimizer):
 
     def __init__(
         self,
-        params,
+        params: Iterable[Any],
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.9999),
         weight_decay: float = 0.0,

@@ -10,6 +10,9 @@ what shrinks the weights).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -106,7 +109,7 @@ class Lion(Optimizer):
 
     def __init__(
         self,
-        params,
+        params: Iterable[Any],
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,

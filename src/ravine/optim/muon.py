@@ -17,7 +17,7 @@ AdamW groups of :class:`MuonWithAdamW` fused).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -393,7 +393,7 @@ class Muon(Optimizer):
 
     def __init__(
         self,
-        params,
+        params: Iterable[Any],
         lr: float = 1e-3,
         weight_decay: float = 0.1,
         momentum: float = 0.95,
@@ -453,7 +453,7 @@ class MuonWithAdamW(Optimizer):
 
     def __init__(
         self,
-        params,
+        params: nn.Module | Iterable[Any],
         lr: float = 0.02,
         weight_decay: float = 0.0,
         adamw_lr: float = 3e-4,
