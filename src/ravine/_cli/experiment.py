@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ravine._cli import THREADS, check_outputs, integer
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -21,7 +23,10 @@ def register(sub) -> None:
     p.add_argument("--rerun", action="store_true", help="recompute the verdict even if a saved result exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
-        "--threads", type=int, default=1, help="torch threads while training (default 1: fastest for tiny models)"
+        "--threads",
+        type=integer("--threads", THREADS),
+        default=1,
+        help="torch threads while training (default 1: fastest for tiny models)",
     )
     p.set_defaults(func=run)
 
@@ -39,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.name:
         raise ValueError(f"give an experiment NAME or --list; valid names: {', '.join(claims.names())}")
     exp = claims.get(args.name)  # ValueError with the valid names
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    check_outputs(args, folders=("out",))
     import torch
 
     torch.set_num_threads(args.threads)

@@ -20,6 +20,9 @@ import re
 import time
 from pathlib import Path
 
+from ravine._cli import SEED, check_outputs, integer
+from ravine._io import check_output_path
+
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -57,7 +60,7 @@ def register(sub) -> None:
         default="zero",
         help="directions of biases and norm-layer parameters (default zero)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default 0)")
+    p.add_argument("--seed", type=integer("--seed", SEED), default=0, help="seed of the random directions (default 0)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of a run directory (default latest)")
     p.add_argument("--split", choices=["train", "test"], default="train", help="data split (default train)")
     p.add_argument("--subset", type=int, default=None, help="use this many samples, drawn with --seed")
@@ -129,12 +132,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--span must satisfy LO < HI, got {args.span[0]} {args.span[1]}")
     if args.save is not None and not args.save.endswith(".npz"):
         raise ValueError(f"--save must end in .npz, got {args.save!r}")
+    out = args.out or f"landscape-{args.kind}.png"
+    check_output_path("--out", out)
+    check_outputs(args, files=("save",))
+    if args.save is not None:
+        check_output_path("--save", Path(args.save).with_suffix(".json"))
     run_dir, step = _resolve(args.target, args.step)
     r = Run(run_dir)
     device = torch.device(args.device)
-    model = r.load_model(step=step, map_location=device)
+    model = r.load_model(step=step, map_location=device)  # a damaged file: RunFileError naming it
     x, y = r.load_dataset().eval_data(args.split)
-    out = args.out or f"landscape-{args.kind}.png"
     n_par = sum(p.numel() for p in model.parameters())
     print(
         f"{run_dir} (step {step if step is not None else r.checkpoints[-1]}): {type(model).__name__}, "

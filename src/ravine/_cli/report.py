@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ravine._cli import THREADS, check_outputs, integer
+from ravine._validation import Options, check
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -26,16 +29,29 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-gallery", action="store_true", help="leave out the 2D gallery")
     p.add_argument(
-        "--threads", type=int, default=1, help="torch threads while training (default 1: fastest for tiny models)"
+        "--threads",
+        type=integer("--threads", THREADS),
+        default=1,
+        help="torch threads while training (default 1: fastest for tiny models)",
     )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ravine.report import run_report
+    from ravine._io import check_output_path
+    from ravine.experiments import claims
+    from ravine.report import report_path, run_report
 
+    check_outputs(args, folders=("out",))
     size = "full" if args.full else "quick"
-    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    check_output_path("--out", report_path(args.out, size))
+    only = None
+    if args.only is not None:
+        only = [s.strip() for s in args.only.split(",") if s.strip()]
+        if not only:
+            raise ValueError(f"--only names no experiment, got {args.only!r}; valid names: {', '.join(claims.names())}")
+        for name in only:
+            check("--only", name, Options(claims.names()))
     outcome = run_report(
         size=size,
         out=args.out,

@@ -11,6 +11,7 @@ import math
 import sys
 
 from ravine import schedules as S
+from ravine._cli import check_outputs
 from ravine._validation import Interval, check
 
 _EPILOG = """\
@@ -160,6 +161,7 @@ def run(args) -> int:
     if args.list:
         _print_list()
         return 0
+    check_outputs(args, files=("out",))
     if args.name is None:
         raise ValueError(f"give a schedule NAME or --list; valid names: {', '.join(S.names())}")
     if args.name not in S.names():

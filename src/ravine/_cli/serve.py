@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import threading
 import webbrowser
-from collections.abc import Callable
 
-from ravine._validation import Interval, check
+from ravine._cli import integer
+from ravine._validation import Interval
 
 _PORT = Interval(int, 1, 65535)
 _CONCURRENCY = Interval(int, 1, None, closed="left")
@@ -22,31 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "from the installed package; no network is needed. API docs at /docs.",
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, loopback only)")
-    p.add_argument("--port", type=_integer("--port", _PORT), default=8000, help="TCP port, 1..65535 (default 8000)")
+    p.add_argument("--port", type=integer("--port", _PORT), default=8000, help="TCP port, 1..65535 (default 8000)")
     p.add_argument("--open", action="store_true", help="open the page in the default web browser")
     p.add_argument(
         "--concurrency",
-        type=_integer("--concurrency", _CONCURRENCY),
+        type=integer("--concurrency", _CONCURRENCY),
         default=None,
         help="requests that may compute at once (default 1: the work holds the GIL, so more only contend)",
     )
     p.set_defaults(func=run)
-
-
-def _integer(flag: str, interval: Interval) -> Callable[[str], int]:
-    """An argparse ``type`` that reads an integer ``flag`` in ``interval`` (ravine._validation's message)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be {interval.describe()}, got {text!r}") from None
-        try:
-            return check(flag, value, interval)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
 
 
 def run(args: argparse.Namespace) -> int:

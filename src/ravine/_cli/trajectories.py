@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ravine import _io
-from ravine._validation import Interval, check
+from ravine._cli import SEED, check_outputs, integer
+from ravine._validation import Interval, Options, check
 
 #: The steps one command-line run may take.
 STEPS = Interval(int, 1, 100_000)
@@ -53,6 +54,21 @@ def parse_pairs(items: list[str] | None, what: str) -> dict[str, Any]:
         if not sep or not key.strip() or not value.strip():
             raise ValueError(f"{what}: expected KEY=VALUE, got {item!r}")
         out[key.strip()] = parse_value(value)
+    return out
+
+
+def parse_hyperparams(items: list[str] | None, what: str) -> dict[str, Any]:
+    """:func:`parse_pairs` for optimizer hyperparameters: numbers, ``true``/``false``, and words only
+    where ``ravine.optim.CONSTRAINTS`` lists words (``form=ema``); ``nesterov=maybe`` is an error."""
+    import ravine.optim as ro
+
+    out = parse_pairs(items, what)
+    for key, value in out.items():
+        if isinstance(value, str):
+            allowed = ro.CONSTRAINTS.get(key)
+            if not isinstance(allowed, Options):
+                raise ValueError(f"{what}: {key} must be a number or true/false, got {value!r}")
+            check(key, value, allowed, where=f"{what}: ")
     return out
 
 
@@ -160,7 +176,7 @@ def parse_optimizers(text: str, lrs: str | None) -> list[dict[str, Any]]:
         name, *rest = item.split(":")
         if name not in ro.names():
             raise ValueError(f"--optimizers: unknown optimizer {name!r}; allowed: {', '.join(ro.names())}")
-        specs.append({"name": name, **parse_pairs(rest, f"--optimizers ({name})")})
+        specs.append({"name": name, **parse_hyperparams(rest, f"--optimizers ({name})")})
     for spec, lr in zip(specs, _float_list(lrs, len(specs), "--lr")):
         if lr is not None and "lr" not in spec:
             spec["lr"] = lr
@@ -185,7 +201,7 @@ def register(sub) -> None:
     p.add_argument("--noise", default="0", metavar="STD[,STD...]",
                    help="std of Gaussian gradient noise: one value, or one per optimizer (default 0)")
     p.add_argument("--batch-size", type=int, metavar="B", help="scale the noise by 1/sqrt(B)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--seed", type=integer("--seed", SEED), default=0, help="noise seed (default 0)")
     p.add_argument("--schedule", metavar="NAME[:KEY=VALUE...]",
                    help="learning-rate multiplier from ravine.schedules, e.g. warmup_cosine:warmup_steps=50")
     p.add_argument("--clip", metavar="norm:MAX|value:MAX", help="gradient clipping before each update")
@@ -200,6 +216,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import ravine.simulate as sim
 
+    check_outputs(args, files=("out", "json", "gif"))
     surface = surface_from_args(args)
     specs = parse_optimizers(args.optimizers, args.lr)
     noises = [check("--noise", n, Interval.finite(float, 0)) for n in _float_list(args.noise, len(specs), "--noise")]
