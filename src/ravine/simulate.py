@@ -613,7 +613,9 @@ class _Ledger:
         record.clipped[:count].masked_fill_(frozen, False)
 
 
-def _simulate(setup: _Setup, xy0: torch.Tensor, record: bool) -> _Outcome:
+def _simulate(
+    setup: _Setup, xy0: torch.Tensor, record: bool, progress: Callable[[int], None] | None = None
+) -> _Outcome:
     """Step the rows of ``xy0`` ``setup.steps`` times; with ``record``, return every step too.
 
     The loop only steps and writes down; the bookkeeping (:class:`_Ledger`) reads the record afterwards, a
@@ -643,6 +645,8 @@ def _simulate(setup: _Setup, xy0: torch.Tensor, record: bool) -> _Outcome:
                 xy = stepper(g)
             if i == length - 1 or k == steps:
                 ledger.read(k - i, rec, i + 1)
+                if progress is not None:
+                    progress(k)
     final_loss = torch.where(ledger.diverged_at >= 0, math.nan, v)
     if not record:
         return _Outcome(ledger.diverged_at, ledger.steps_to_tol, final_loss)
@@ -788,6 +792,7 @@ def sweep(
     clip: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Sweep:
     """A grid of one optimizer's hyperparameters, run as one batched tensor program.
 
@@ -796,6 +801,8 @@ def sweep(
     tensor stepped by one ``ravine.optim`` transform whose swept hyperparameters are ``(ny*nx, 1)`` tensors.
     Each cell equals :func:`run` of the same configuration alone (same seed, noise shared as in ``run``).
     ``lr`` defaults to the surface's suggested learning rate when neither an axis nor ``fixed`` gives it.
+    ``progress``, if given, is called with the number of steps done after each block of steps (for a
+    progress bar); it changes no number.
 
     Returns:
         :class:`Sweep` with ``final_loss`` (NaN where diverged), ``steps_to_tol`` and ``diverged_at``.
@@ -833,7 +840,7 @@ def sweep(
     xy0 = _starts(surface, start, nx * ny, dtype, device)
     setup = _Setup(surface, [_Batch(transform, nx * ny)], steps, _noise_std(noise, batch_size), seed, _parse_clip(clip),
                    _multiplier(schedule, steps), tol)
-    out = _simulate(setup, xy0, record=False)
+    out = _simulate(setup, xy0, record=False, progress=progress)
     fixed_used = {k: v for k, v in hyper.items() if k not in (x_name, y_name)}
     return Sweep(
         surface=surface,

@@ -1,4 +1,8 @@
-"""``ravine sweep``: a grid of two hyperparameters of one optimizer on a 2D surface, as one batched run."""
+"""``ravine sweep``: a grid of two hyperparameters of one optimizer on a 2D surface, as one batched run.
+
+The work (grid cells x steps) is bounded by :data:`MAX_WORK` unless ``--force``; a sweep of more than
+:data:`PROGRESS_WORK` cell-steps shows a progress bar on a terminal.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,13 @@ import time
 
 import numpy as np
 
+from ravine._cli import SEED, check_outputs, integer
 from ravine._cli.trajectories import (
     STEPS,
     add_surface_arguments,
     format_table,
     parse_clip,
-    parse_pairs,
+    parse_hyperparams,
     parse_schedule,
     parse_start,
     surface_from_args,
@@ -22,6 +27,12 @@ from ravine._cli.trajectories import (
 from ravine._validation import Interval, Options, check
 
 MAX_POINTS = 1024
+
+#: Cell-steps (grid cells x steps) one sweep may take without ``--force``: a minute or more on a CPU
+#: (momentum on the valley ran 2.3e7 cell-steps per second on two idle cores, 3e6 on busy ones).
+MAX_WORK = 1_000_000_000
+#: Cell-steps from which a progress bar is shown (a few seconds of work).
+PROGRESS_WORK = 50_000_000
 
 RANGE_HELP = (
     f"NAME=START:STOP:N[:log|lin] (N in [1, {MAX_POINTS}], log needs 0 < START, STOP) or NAME=V1,V2,..."
@@ -91,26 +102,48 @@ def register(sub) -> None:
     p.add_argument("--start", metavar="X,Y", help="start point (default: the surface's)")
     p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian gradient noise (default 0)")
     p.add_argument("--batch-size", type=int, metavar="B", help="scale the noise by 1/sqrt(B)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--seed", type=integer("--seed", SEED), default=0, help="noise seed (default 0)")
     p.add_argument("--schedule", metavar="NAME[:KEY=VALUE...]", help="learning-rate multiplier (ravine.schedules)")
     p.add_argument("--clip", metavar="norm:MAX|value:MAX", help="gradient clipping before each update")
     p.add_argument("--tol", type=float, default=1e-6, help="tolerance for steps-to-tol (default 1e-6)")
     p.add_argument("--out", metavar="PNG", help="write the heatmaps (final loss, steps to tolerance)")
     p.add_argument("--json", metavar="PATH", help="write the numbers as JSON")
+    p.add_argument("--force", action="store_true",
+                   help=f"run even if cells x steps exceeds {MAX_WORK:.0e} (it may take many minutes)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import ravine.simulate as sim
 
+    check_outputs(args, files=("out", "json"))
     surface = surface_from_args(args)
     x = parse_range(args.x, "--x")
     y = parse_range(args.y, "--y")
     check("--steps", args.steps, STEPS)
+    fixed = parse_hyperparams(args.fixed, "--fixed")
+    cells = x[1].size * y[1].size
+    work = cells * args.steps
+    if work > MAX_WORK and not args.force:
+        raise ValueError(
+            f"--x, --y and --steps ask for {x[1].size} x {y[1].size} cells x {args.steps} steps = {work:.3g} "
+            f"cell-steps, over the limit of {MAX_WORK:.0e} (a minute or more on a CPU); use fewer points or "
+            f"steps, or pass --force to run it anyway"
+        )
+    bar = None
+    if work > PROGRESS_WORK:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=args.steps, desc=f"sweep ({cells} cells)", unit="step", disable=None, dynamic_ncols=True)
     t0 = time.perf_counter()
-    sw = sim.sweep(surface, args.optimizer, x=x, y=y, steps=args.steps, start=parse_start(args.start),
-                   fixed=parse_pairs(args.fixed, "--fixed"), noise=args.noise, seed=args.seed, tol=args.tol,
-                   batch_size=args.batch_size, schedule=parse_schedule(args.schedule), clip=parse_clip(args.clip))
+    try:
+        sw = sim.sweep(surface, args.optimizer, x=x, y=y, steps=args.steps, start=parse_start(args.start),
+                       fixed=fixed, noise=args.noise, seed=args.seed, tol=args.tol, batch_size=args.batch_size,
+                       schedule=parse_schedule(args.schedule), clip=parse_clip(args.clip),
+                       progress=None if bar is None else lambda done: bar.update(done - bar.n))
+    finally:
+        if bar is not None:
+            bar.close()
     elapsed = time.perf_counter() - t0
     ny, nx = sw.final_loss.shape
     print(f"{surface.name}: {surface.description}")
