@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,7 +55,8 @@ def load_state(source: str | os.PathLike) -> dict[str, Tensor]:
     """Read a state dict from a file without executing anything.
 
     ``.safetensors`` files are read with ``safetensors.torch.load_file``; a directory is read from its
-    ``model.safetensors``; anything else with ``torch.load(..., weights_only=True)``.
+    ``model.safetensors``; anything else with ``torch.load(..., weights_only=True)``. A file that cannot
+    be read (truncated, corrupted, or holding more than tensors) raises ``ValueError`` naming it.
     """
     path = Path(source)
     if path.is_dir():
@@ -62,10 +64,19 @@ def load_state(source: str | os.PathLike) -> dict[str, Tensor]:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(source)!r} does not exist")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return dict(load_file(str(path)))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return dict(load_file(str(path)))
+        except SafetensorError as exc:
+            raise ValueError(f"checkpoint {str(path)!r} is not a readable safetensors file (truncated or "
+                             f"corrupted?): {exc}") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"checkpoint {str(path)!r} is not a readable torch file (truncated, corrupted, or "
+                         f"holding more than tensors?): {str(exc).splitlines()[0] if str(exc) else ''}") from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
