@@ -136,3 +136,27 @@ def test_named_and_checked():
         opt = ro.Optimizer([p], ro.soap(), fused=True)
         p.grad = torch.ones(2, 2)
         opt.step()
+
+
+def test_the_torch_style_class_is_the_reference_with_its_signature():
+    """ravine.optim.SOAP takes pytorch_optimizer.SOAP's arguments; weight decay 0 for exact parity."""
+    gen = torch.Generator().manual_seed(5)
+    init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in [(5, 4), (4,)]]
+    ours = [torch.nn.Parameter(x.clone()) for x in init]
+    theirs = [torch.nn.Parameter(x.clone()) for x in init]
+    kw = dict(lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0, precondition_frequency=1000, precondition_1d=True)
+    opt = ro.SOAP(ours, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = pytorch_optimizer.SOAP(theirs, **kw)
+    noise = torch.Generator().manual_seed(6)
+    for _ in range(30):
+        n = [torch.randn(p.shape, generator=noise, dtype=torch.float64) for p in ours]
+        for ps, o in ((ours, opt), (theirs, ref)):
+            for p, ni in zip(ps, n):
+                p.grad = p.detach() + ni
+            o.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="betas must be a pair"):
+        ro.SOAP(ours, betas=0.9)

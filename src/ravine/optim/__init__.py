@@ -59,7 +59,7 @@ from .schedule_free import (
     schedule_free_adamw,
     schedule_free_eval,
 )
-from .soap import scale_by_soap, soap
+from .soap import SOAP, scale_by_soap, soap
 from .transforms import (
     add_decayed_weights,
     add_l2,
@@ -87,7 +87,7 @@ __all__ = [
     "torch_sgd", "torch_adam", "torch_adamw", "torch_rmsprop", "torch_adagrad",
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
     "schedule_free_adamw", "schedule_free", "scale_by_debiased_rms", "schedule_free_eval", "ScheduleFreeAdamW",
-    "soap", "scale_by_soap",
+    "soap", "scale_by_soap", "SOAP",
     "lion", "scale_by_lion", "Lion", "adopt", "scale_by_adopt", "ADOPT",
     "adafactor", "scale_by_factored_rms", "clip_by_block_rms", "scale_by_param_rms", "Adafactor",
     "muon", "muon_with_adamw", "muon_param_groups", "orthogonalize", "scale_by_shape", "Muon", "MuonWithAdamW",

@@ -42,15 +42,18 @@ points stacked as rows would be preconditioned as one matrix, mixing the rows).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._constraints import check_hyper
+from .adapter import Optimizer
 from .base import Hyper, Params, State, Transform, chain, resolve, transform
 from .transforms import add_decayed_weights, scale_by_learning_rate
 
-__all__ = ["scale_by_soap", "soap"]
+__all__ = ["scale_by_soap", "soap", "SOAP"]
 
 
 def _project(x: Tensor, qs: list[Tensor | None], back: bool = False) -> Tensor:
@@ -233,3 +236,46 @@ def soap(
         add_decayed_weights(weight_decay),
         scale_by_learning_rate(lr),
     )
+
+
+class SOAP(Optimizer):
+    """SOAP as a torch optimizer: ``pytorch_optimizer.SOAP``'s signature and defaults (param groups
+    set ``b1``/``b2``, the chain's names, rather than ``betas``), computed by :func:`soap`'s chain.
+
+    Args:
+        params: parameters or param-group dicts.
+        lr: learning rate.
+        betas: ``(b1, b2)``.
+        shampoo_beta: decay rate of the preconditioner statistics; ``None``: ``b2``.
+        weight_decay: decoupled weight decay (torch AdamW's convention, see the module docstring).
+        precondition_frequency: steps between refreshes of the eigenbases.
+        max_precondition_dim: dimensions larger than this are not rotated.
+        precondition_1d: rotate 1-D tensors too.
+        eps: added to the denominator.
+        nonfinite: as :class:`ravine.optim.Optimizer`.
+        fused: as :class:`ravine.optim.Optimizer` (``True`` raises: the chain is not elementwise).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 3e-3,
+        betas: tuple[float, float] = (0.95, 0.95),
+        shampoo_beta: float | None = None,
+        weight_decay: float = 1e-2,
+        precondition_frequency: int = 10,
+        max_precondition_dim: int = 10000,
+        precondition_1d: bool = False,
+        eps: float = 1e-8,
+        *,
+        nonfinite: str = "skip",
+        fused: bool | str | None = False,
+    ):
+        try:
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise ValueError(f"SOAP: betas must be a pair (beta1, beta2), got {betas!r}") from None
+        t = soap(
+            lr, b1, b2, shampoo_beta, eps, weight_decay, precondition_frequency, max_precondition_dim, precondition_1d
+        )
+        super().__init__(params, t, nonfinite=nonfinite, fused=fused)
