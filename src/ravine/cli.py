@@ -29,6 +29,8 @@ _COMMANDS = [
     "landscape",
     "experiment",
     "report",
+    "lr_find",
+    "diagnose",
 ]
 
 
@@ -112,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+        return code
     except BrokenPipeError:
         # The reader closed the pipe: stop quietly, and keep Python from failing again on the final flush.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -12,7 +12,10 @@ The harness (this package's modules; the chapter's experiments live in ``ravine.
   top Hessian eigenvalue;
 - :mod:`.runs`: run directories (config, append-only metrics, safetensors checkpoints, status) written
   atomically, ``Run`` to read them, ``RunStore`` naming runs by a hash of their config,
-  ``load_model(run_dir)``.
+  ``load_model(run_dir)``;
+- :mod:`.lr_find`: ``lr_find(model, loss_fn, data, optimizer, ...)``, the learning-rate range test
+  (and ``lr_find_config`` on a config), with suggestions by three labelled rules;
+- :mod:`.diagnose`: ``diagnose(run_dir)``, what went wrong in a run, with evidence and a suggested change.
 
 Example::
 
@@ -26,6 +29,8 @@ from .config import TrainConfig
 from .data import Dataset
 from .data import load as load_data
 from .data import names as data_names
+from .diagnose import Diagnosis, Finding, diagnose
+from .lr_find import LRFindResult, Suggestion, lr_find, lr_find_config, suggest
 from .models import build as build_model
 from .models import names as model_names
 from .runs import Run, RunStore, load_model, runs_root
@@ -44,4 +49,12 @@ __all__ = [
     "TrainConfig",
     "evaluate",
     "train",
+    "lr_find",
+    "lr_find_config",
+    "suggest",
+    "LRFindResult",
+    "Suggestion",
+    "diagnose",
+    "Diagnosis",
+    "Finding",
 ]
