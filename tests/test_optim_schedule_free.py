@@ -189,6 +189,8 @@ def test_bad_arguments_name_the_argument_and_what_is_allowed():
         ro.schedule_free_adamw(0.01, warmup_steps=-1)
     with pytest.raises(ValueError, match=r"b1 must be in \[0, 1\), got 1.0"):
         ro.get("schedule_free_adamw", b1=1.0)
+    with pytest.raises(ValueError, match=r"warmup_steps must be whole numbers of steps, got \[3.5\]"):
+        sim.sweep("bowl", "schedule_free_adamw", x=("lr", [0.01, 0.1]), y=("warmup_steps", [0, 3.5]), steps=5)
     with pytest.raises(ValueError, match="betas must be a pair"):
         ro.ScheduleFreeAdamW([torch.zeros(2, requires_grad=True)], betas=0.9)
     with pytest.raises(ValueError, match="schedule_free is not an elementwise primitive"):

@@ -158,6 +158,9 @@ def schedule_free(
     check_hyper("lr", lr, where=where)
     check_hyper("b1", b1, where=where)
     check_hyper("warmup_steps", warmup_steps, where=where)
+    if isinstance(warmup_steps, Tensor) and not torch.equal(warmup_steps, warmup_steps.round()):
+        fractional = warmup_steps[warmup_steps != warmup_steps.round()].unique().tolist()
+        raise ValueError(f"{where}warmup_steps must be whole numbers of steps, got {fractional}")
     check_hyper("r", r, where=where)
     check_hyper("weight_lr_power", weight_lr_power, where=where)
 
