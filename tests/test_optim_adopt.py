@@ -162,3 +162,19 @@ def test_named_and_errors():
         ro.adopt(clip_exponent=-1.0)
     with pytest.raises(ValueError, match=r"eps must be in \[0, inf[)\]], got -1e-06"):
         ro.ADOPT([torch.zeros(2, requires_grad=True)], eps=-1e-6)
+
+
+def test_branchless_rule_of_the_compiled_path_equals_the_eager_one():
+    # the compiled path passes the step as a 0-dim tensor and takes the first-step rule without a
+    # branch (v = lerp(v, g^2, 1), m kept, u = 0): run it eagerly against the Python-int path
+    torch.manual_seed(0)
+    p = [torch.randn(4, 3, dtype=torch.float64)]
+    t = ro.scale_by_adopt(b1=0.8, b2=0.99)
+    eager, branchless = t.init(p), t.init(p)
+    for _ in range(6):
+        g = torch.randn(4, 3, dtype=torch.float64) * 3
+        (u1,), eager = t.update([g.clone()], eager, p)
+        (u2,), branchless = t.update([g.clone()], {**branchless, "step": torch.tensor(branchless["step"])}, p)
+        branchless["step"] = int(branchless["step"])
+        assert torch.allclose(u1, u2, rtol=1e-14, atol=1e-15)
+        assert torch.allclose(eager["exp_avg_sq"][0], branchless["exp_avg_sq"][0], rtol=1e-14)

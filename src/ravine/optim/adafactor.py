@@ -144,7 +144,6 @@ class _RelativeStep:
 
     def __init__(self, lr: Hyper):
         self.lr = lr
-        self.peak = getattr(lr, "peak", None) if callable(lr) else lr
 
     def __call__(self, step: int) -> Any:
         lr = resolve(self.lr, step)

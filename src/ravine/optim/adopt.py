@@ -82,7 +82,8 @@ def scale_by_adopt(
         for ni, gi in zip(normed, g):
             torch.div(gi, ni, out=ni)
         if clip_exponent is not None:
-            c = (step + 1) ** resolve(clip_exponent, step)
+            t = step + 1 if not isinstance(step, Tensor) else (step + 1).to(torch.float64)
+            c = t ** resolve(clip_exponent, step)
             if is_number(c):
                 torch._foreach_clamp_min_(normed, -c)
                 torch._foreach_clamp_max_(normed, c)
@@ -93,8 +94,8 @@ def scale_by_adopt(
             # without a branch on data (v = lerp(v, g^2, 1) = g^2 exactly, m kept, u = 0)
             first = step == 0
             for mi, ni in zip(m, normed):
-                mi.copy_(torch.where(first, mi, mi.lerp(ni, (1 - beta1).to(mi.dtype))))
-            w = torch.where(first, torch.ones_like(beta2), 1 - beta2)
+                mi.copy_(torch.where(first, mi, mi.lerp(ni, torch.as_tensor(1 - beta1, dtype=mi.dtype))))
+            w = torch.where(first, 1.0, torch.as_tensor(1 - beta2, dtype=torch.float64, device=step.device))
             for vi, gi in zip(v, g):
                 vi.lerp_(gi * gi, w.to(vi.dtype))
             for gi, mi in zip(g, m):
