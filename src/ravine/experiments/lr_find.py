@@ -67,9 +67,11 @@ class LRFindResult:
         losses: the loss of each step's batch, computed before that step's update (fastai's
             convention: ``losses[k]`` is plotted against ``lrs[k]``, the rate the update after it used).
         smoothed: the debiased exponential moving average of ``losses`` (see :func:`lr_find`).
-        stop_lr: the learning rate at which the test stopped because the loss blew up (its smoothed
-            value exceeded ``stop_factor`` times its best, or it was not finite); None when it ran
-            the whole ramp.
+        stop_lr: the ramp's learning rate at the step whose loss stopped the test (its smoothed
+            value exceeded ``stop_factor`` times its best, or it was not finite; that step's update
+            was not applied, so the blow-up came from the rates before it); None when it ran the
+            whole ramp. On gradient descent with a quadratic of largest curvature ``lambda`` it is
+            always above ``2 / lambda``: no update at a rate up to that can raise the loss.
         stop_reason: ``"diverged"`` (the smoothed loss passed the limit), ``"nonfinite"`` or
             ``"completed"``.
         suggestions: :class:`Suggestion` by rule name (fewer than three when too few steps
