@@ -137,16 +137,23 @@ def test_state_dict_round_trip_continues_bit_for_bit(digits):
 
 
 def test_batched_rows_step_independently():
-    # a (B, 2) batch of points with a learning rate per row: each row as if stepped alone
+    # a (B, 2) batch of points with a learning rate and betas per row: each row as if stepped alone
+    # (tensor betas take the general path, numbers the one without a temporary: they agree)
     lr = torch.tensor([[0.1], [0.01]], dtype=torch.float64)
+    b1 = torch.tensor([[0.9], [0.5]], dtype=torch.float64)
     p = torch.tensor([[1.0, -1.0], [2.0, 3.0]], dtype=torch.float64)
-    g = torch.tensor([[0.5, -0.5], [-1.0, 2.0]], dtype=torch.float64)
-    t = ro.lion(lr=lr)
-    (u,), _ = t.update([g.clone()], t.init([p]), [p])
-    for row in range(2):
-        alone = ro.lion(lr=float(lr[row, 0]))
-        (v,), _ = alone.update([g[row : row + 1].clone()], alone.init([p[row : row + 1]]), [p[row : row + 1]])
-        assert torch.equal(u[row : row + 1], v)
+    t = ro.lion(lr=lr, b1=b1)
+    state = t.init([p])
+    alone = [ro.lion(lr=float(lr[r, 0]), b1=float(b1[r, 0])) for r in range(2)]
+    states = [a.init([p[r : r + 1]]) for r, a in enumerate(alone)]
+    torch.manual_seed(0)
+    for _ in range(5):
+        g = torch.randn(2, 2, dtype=torch.float64)
+        (u,), state = t.update([g.clone()], state, [p])
+        for r, a in enumerate(alone):
+            (v,), states[r] = a.update([g[r : r + 1].clone()], states[r], [p[r : r + 1]])
+            assert torch.equal(u[r : r + 1], v)
+    assert state["parts"][0]["exp_avg"][0].abs().min() > 0
 
 
 def test_named_and_errors():

@@ -51,6 +51,13 @@ def scale_by_lion(b1: Hyper = 0.9, b2: Hyper = 0.99) -> Transform:
         step = state["step"]
         beta1, beta2 = resolve(b1, step), resolve(b2, step)
         m = state["exp_avg"]
+        if is_number(beta1) and is_number(beta2) and beta2 > 0:
+            # without a temporary the size of the parameters: m is updated first, then
+            # c = b1 m_old + (1 - b1) g = (b1 / b2) m_new + (1 - b1 / b2) g, written into g
+            lerp_(m, g, 1 - beta2)
+            torch._foreach_lerp_(g, m, beta1 / beta2)
+            torch._foreach_sign_(g)
+            return g, {"step": step + 1, "exp_avg": m}
         c = _lerp(m, g, 1 - beta1)
         torch._foreach_sign_(c)
         lerp_(m, g, 1 - beta2)
