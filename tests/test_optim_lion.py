@@ -166,3 +166,29 @@ def test_named_and_errors():
         ro.Lion([torch.zeros(2, requires_grad=True)], betas=0.9)
     with pytest.raises(ValueError, match=r"betas\[1\] must be in \[0, 1\)"):
         ro.Lion([torch.zeros(2, requires_grad=True)], betas=(0.9, 1.0))
+
+
+def test_clipping_and_a_ravine_schedule_through_optimizer(digits):
+    # Optimizer(chain(clip_by_global_norm, lion(schedule))) against clip_grad_norm_ + the reference
+    # Lion + torch's LambdaLR holding the same schedule
+    import ravine.schedules as S
+
+    schedule = S.get("warmup_cosine", peak=3e-3, warmup_steps=10, total_steps=60)
+    X, y = digits
+    ref, ours = make_model(), make_model()
+    ref_opt = pytorch_optimizer.Lion(ref.parameters(), lr=3e-3, weight_decay=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(ref_opt, lambda t: schedule(t) / 3e-3)
+    opt = ro.Optimizer(ours.parameters(), ro.chain(ro.clip_by_global_norm(0.5), ro.lion(schedule, weight_decay=0.5)))
+    g = torch.Generator().manual_seed(0)
+    clipped = 0
+    for _ in range(60):
+        idx = torch.randint(0, len(X), (64,), generator=g)
+        ref_opt.zero_grad()
+        torch.nn.functional.cross_entropy(ref(X[idx]), y[idx]).backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
+        ref_opt.step()
+        sched.step()
+        _step(ours, opt, X, y, idx)
+        clipped += opt.stats["clipped"]
+    assert 0 < clipped < 60  # the clip acted on some steps, not all
+    assert_models_close(ref, ours)

@@ -265,3 +265,31 @@ def test_named_and_errors():
         ro.muon(ns_coefficients=(1.0, 2.0))
     with pytest.raises(ValueError, match="momentum_form must be one of"):
         ro.muon(momentum_form="nesterov")
+
+
+def test_clipping_and_a_ravine_schedule_through_optimizer(digits):
+    # Optimizer(chain(clip_by_global_norm, muon(schedule))) against clip_grad_norm_ + torch's Muon +
+    # LambdaLR holding the same schedule (the weight decay follows the scheduled lr in both)
+    import ravine.schedules as S
+
+    schedule = S.get("warmup_cosine", peak=0.02, warmup_steps=10, total_steps=60)
+    X, y = digits
+    ref, ours = make_model(), make_model()
+    ref_params = [ref[0].weight, ref[2].weight]
+    ref_opt = torch.optim.Muon(ref_params, lr=0.02, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(ref_opt, lambda t: schedule(t) / 0.02)
+    opt = ro.Optimizer([ours[0].weight, ours[2].weight], ro.chain(ro.clip_by_global_norm(0.5), ro.muon(schedule)))
+    g = torch.Generator().manual_seed(0)
+    clipped = 0
+    for _ in range(60):
+        idx = torch.randint(0, len(X), (64,), generator=g)
+        ref_opt.zero_grad()
+        ref.zero_grad()
+        torch.nn.functional.cross_entropy(ref(X[idx]), y[idx]).backward()
+        torch.nn.utils.clip_grad_norm_(ref_params, 0.5)
+        ref_opt.step()
+        sched.step()
+        _step(ours, opt, X, y, idx)
+        clipped += opt.stats["clipped"]
+    assert 0 < clipped < 60
+    assert_models_close(ref, ours)
