@@ -94,6 +94,17 @@ def test_matches_torch_muon(digits, adjust_lr_fn, nesterov):
         assert torch.allclose(ref_opt.state[a]["momentum_buffer"], opt.state[b]["momentum_buffer"], atol=1e-10)
 
 
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_without_momentum_matches_torch_muon(digits, nesterov):
+    # momentum=0: the update is NS(g) with or without Nesterov, as torch's (no momentum buffer here)
+    ref, ours = make_model(), make_model()
+    train_matrices(ref, torch.optim.Muon(matrices(ref, 0.02), lr=0.02, momentum=0.0, nesterov=nesterov), digits, 20)
+    opt = ro.Muon(matrices(ours, 0.02), lr=0.02, momentum=0.0, nesterov=nesterov)
+    train_matrices(ours, opt, digits, 20)
+    assert_models_close(ref, ours)
+    assert "momentum_buffer" not in opt.state[ours[0].weight]
+
+
 def test_adjust_lr_none_means_no_adjustment_in_the_named_optimizer():
     # muon(adjust_lr=None) leaves the orthogonalized update as it is; torch's adjust_lr_fn=None is
     # "original" (the class Muon keeps torch's meaning: tested above)

@@ -27,7 +27,7 @@ from .._validation import Options, check
 from ._constraints import CONSTRAINTS, check_hyper, check_option
 from .adapter import Optimizer
 from .alias import adamw
-from .base import Hyper, Params, State, Transform, chain, transform
+from .base import Hyper, Params, State, Transform, chain, is_number, transform
 from .lion import _pair
 from .transforms import add_decayed_weights, scale_by_learning_rate, trace
 
@@ -201,7 +201,8 @@ def muon(
     ``B = momentum * B + g`` and ``b = g + momentum * B`` (the formula in torch's docstring and in
     the reference code's first version). The two differ only by the factor ``1 / (1 - momentum)``
     of every ``b``, which the Newton-Schulz normalisation divides out: the updates are the same
-    except where ``||b||_F`` is below ``eps`` (and for bfloat16 rounding).
+    except where ``||b||_F`` is below ``eps`` (and for bfloat16 rounding). ``momentum=0``: ``b = g``, no
+    buffer (as torch's, with or without Nesterov).
 
     ``NS`` is :func:`orthogonalize` (``ns_steps`` quintic iterations with ``ns_coefficients``, in
     ``ns_dtype``, bfloat16 as torch; ``None``: the parameter's dtype), ``ratio`` is
@@ -216,10 +217,10 @@ def muon(
     check_option("momentum_form", momentum_form, where=where)
     check_option("adjust_lr", adjust_lr, where=where)
     check("ns_steps", ns_steps, CONSTRAINTS["ns_steps"], where=where)
-    if nesterov and isinstance(momentum, (int, float)) and momentum == 0:
-        raise ValueError(f"{where}nesterov=True requires momentum > 0, got momentum=0")
+    # momentum 0: the buffer is the gradient, with or without Nesterov (as torch's)
+    no_momentum = is_number(momentum) and momentum == 0
     return chain(
-        trace(momentum, form=momentum_form, nesterov=nesterov),
+        *([] if no_momentum else [trace(momentum, form=momentum_form, nesterov=nesterov)]),
         orthogonalize(ns_steps, ns_coefficients, eps, ns_dtype),
         scale_by_shape(adjust_lr),
         add_decayed_weights(weight_decay),
