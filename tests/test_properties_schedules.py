@@ -90,11 +90,22 @@ def _horizon(s) -> int:
 @pytest.mark.timeout(120)
 @PROPERTY
 @given(schedules())
-def test_never_negative_and_always_finite(s):
+def test_never_negative_never_above_its_peak_and_always_finite(s):
+    # ``peak`` is documented as the largest value: the playground scales a run's lr by s(t) / peak and
+    # relies on it to stay within its lr cap
     for t in range(_horizon(s)):
         v = s(t)
-        assert math.isfinite(v) and v >= 0.0, (s, t, v)
+        assert math.isfinite(v) and 0.0 <= v <= s.peak, (s, t, v)
     assert math.isfinite(s(10**9)) and s(10**9) >= 0.0
+
+
+@pytest.mark.parametrize("div, fdiv", [(0.5, 1e4), (25.0, 0.01), (1.0, 0.5)])
+def test_one_cycle_refuses_factors_that_would_put_a_value_above_its_peak(div, fdiv):
+    """Found by the property above: ``div_factor < 1`` started the cycle above ``peak`` (``initial = peak /
+    div_factor``) and ``final_div_factor < 1`` annealed upwards, so ``peak`` was not the largest value and the
+    playground's lr cap (it scales by ``s(t) / peak``) could be exceeded."""
+    with pytest.raises(ValueError, match=r"one_cycle: (final_)?div_factor must be in \[1, inf\)"):
+        rsch.one_cycle(0.1, 100, div_factor=div, final_div_factor=fdiv)
 
 
 INCREASING = {"warmup"}

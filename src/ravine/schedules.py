@@ -633,8 +633,10 @@ class OneCycle(Schedule):
         pct_start: fraction of the steps spent increasing, in ``(0, 1)`` with ``pct_start * T > 1``
             (and ``< (T + 1) / (2T)`` with ``three_phase``), default 0.3.
         anneal: ``"cos"`` (default) or ``"linear"``.
-        div_factor: ``initial = peak / div_factor``, ``> 0`` (default 25).
-        final_div_factor: ``min = initial / final_div_factor``, ``> 0`` (default 1e4).
+        div_factor: ``initial = peak / div_factor``, ``>= 1`` (default 25), so that ``peak`` is the largest
+            value (torch's ``OneCycleLR`` also takes values in ``(0, 1)``, which start above ``max_lr``).
+        final_div_factor: ``min = initial / final_div_factor``, ``>= 1`` (default 1e4): the last phase
+            anneals downwards.
         three_phase: come back down to ``initial`` before annealing to ``min`` (default False).
     """
 
@@ -658,6 +660,10 @@ class OneCycle(Schedule):
         check("anneal", self.anneal, Options(ANNEAL_STRATEGIES), where=f"{n}: ")
         _set(self, "div_factor", _real(n, "div_factor", self.div_factor, 0.0, low_open=True))
         _set(self, "final_div_factor", _real(n, "final_div_factor", self.final_div_factor, 0.0, low_open=True))
+        # factors below 1 would start above the peak or anneal upwards: ``peak`` must stay the largest value
+        # (torch accepts them; nothing the 1cycle policy means needs them)
+        _real(n, "div_factor", self.div_factor, 1.0)
+        _real(n, "final_div_factor", self.final_div_factor, 1.0)
         if not isinstance(self.three_phase, bool):
             raise TypeError(f"{n}: three_phase must be True or False, got {self.three_phase!r}")
         if pct * T <= 1:

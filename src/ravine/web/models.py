@@ -42,6 +42,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -502,6 +503,19 @@ class _RunCommon(_Strict):
     batch_size: StrictInt | None = Field(
         None, ge=1, le=1_000_000, description="noise std is divided by sqrt(batch_size) (SGD emulation)"
     )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_builds(cls, v: ScheduleSpec | None, info: ValidationInfo) -> ScheduleSpec | None:
+        # built here, with the run's steps, so that a schedule the library refuses (e.g. one_cycle with
+        # div_factor < 1) is a 422 naming ``schedule`` rather than an error of the whole body
+        steps = info.data.get("steps")
+        if v is not None and steps is not None:
+            try:
+                rsch.get(**v.to_sim(steps))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(str(exc)) from None
+        return v
 
     @field_validator("start")
     @classmethod
