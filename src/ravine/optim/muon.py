@@ -45,8 +45,9 @@ __all__ = [
 ]
 
 NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)
-"""Keller Jordan's quintic coefficients ``(a, b, c)``: the largest slope at zero for which five
-iterations still map every singular value in ``(0, 1]`` into roughly ``[0.7, 1.2]``."""
+"""Keller Jordan's quintic coefficients ``(a, b, c)``: a large slope ``a`` at zero, so that small
+singular values grow fast; after five iterations the singular values lie roughly in ``[0.7, 1.2]``
+instead of at 1 (the iteration does not converge, which Jordan found does not hurt training)."""
 
 _NS_DTYPES = Options((torch.bfloat16, torch.float16, torch.float32, torch.float64, None))
 
