@@ -94,7 +94,7 @@ def _rms(x: Tensor) -> Tensor:
 def clip_by_block_rms(d: Hyper = 1.0) -> Transform:
     """``u = g / max(1, RMS(g) / d)`` for each tensor: no update has an RMS above ``d``.
 
-    Adafactor's update clipping (Shazeer & Stern section 6, torch's ``d``): the preconditioner
+    Adafactor's update clipping (Shazeer & Stern 2018, torch's ``d``): the preconditioner
     divides by a second moment that lags behind, so a sudden large gradient would otherwise give
     a step far larger than usual.
     """
@@ -117,7 +117,7 @@ def clip_by_block_rms(d: Hyper = 1.0) -> Transform:
 def scale_by_param_rms(eps2: Hyper = 1e-3) -> Transform:
     """``u = max(eps2, RMS(p)) * g`` for each tensor: a step relative to the weights' own size.
 
-    Adafactor's relative step (Shazeer & Stern section 8): with the learning rate ``rho`` after it,
+    Adafactor's relative step (Shazeer & Stern 2018): with the learning rate ``rho`` after it,
     a step changes each weight matrix by about the fraction ``rho`` of its RMS; ``eps2`` is the
     floor for weights that start at zero. The RMS is that of the parameter before this step.
     """

@@ -43,7 +43,8 @@ __all__ = ["scale_by_adopt", "adopt", "ADOPT"]
 def scale_by_adopt(
     b1: Hyper = 0.9, b2: Hyper = 0.9999, eps: Hyper = 1e-6, clip_exponent: Hyper | None = 0.25
 ) -> Transform:
-    """ADOPT's direction (Taniguchi et al. 2024, Algorithm 2, the clipped form), before the learning rate.
+    """ADOPT's direction (Taniguchi et al. 2024; the clipped form of its official code), before the
+    learning rate.
 
     First step (``t = 1``): ``v = g^2`` and ``u = 0`` (nothing is known about the scale yet). Then:
     ``n = clip(g / max(sqrt(v), eps), t^clip_exponent)`` (normalised by the second moment of the
