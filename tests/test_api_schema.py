@@ -72,6 +72,8 @@ def test_api_from_its_openapi_document(case):
         assert isinstance(detail, list) and detail, body
         for item in detail:
             assert item["field"] and item["msg"] and isinstance(item["loc"], list), item
+            # "body" only for the body as a whole (missing, not an object, not JSON); a part is named by its path
+            assert item["field"] != "body" or item["loc"] == ["body"], item
         assert body["message"].startswith(detail[0]["field"] + ": "), body
     elif response.status_code == 200:
         validator = VALIDATORS[(case.method.upper(), case.path)]
@@ -82,7 +84,8 @@ def test_api_from_its_openapi_document(case):
 
 def test_fuzzed_findings_stay_fixed():
     """What the fuzzer (and issue 15) found, each pinned: a grid of 1 was a 500, not a 422; ``"steps": true``
-    and ``"steps": "5"`` were accepted as 1 and 5; ``/api/surface/check`` took a domain of any size."""
+    and ``"steps": "5"`` were accepted as 1 and 5; ``/api/surface/check`` took a domain of any size; bodies
+    that are not JSON got messages that named nothing."""
     from fastapi.testclient import TestClient
 
     client = TestClient(APP)
@@ -98,6 +101,19 @@ def test_fuzzed_findings_stay_fixed():
     r = client.post("/api/surface/check", json={"expression": "x", "domain": [[0, 1e5], [0, 1]]})
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "domain"
     assert "|bounds| <= 10000" in r.json()["message"]
+    # a JSON body sent as text/plain was "Input should be a valid dictionary..., got b'{...}'"
+    r = client.post("/api/curvature", content=b'{"point": [0, 0]}', headers={"content-type": "text/plain"})
+    assert r.status_code == 422
+    assert r.json()["message"] == "body: the body must be a JSON object sent with Content-Type: application/json"
+    r = client.post("/api/curvature", content=b"\x80", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["detail"][0]["field"] == "body"
+    assert "send a JSON object (UTF-8, Content-Type: application/json)" in r.json()["message"]
+    # a schedule the library refuses is a 422 naming schedule (one_cycle's div_factor < 1 bypassed the lr cap)
+    r = client.post("/api/trajectories", json={
+        "optimizers": [{"name": "gd"}], "schedule": {"name": "one_cycle", "params": {"div_factor": 0.001}},
+    })
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "schedule"
+    assert "div_factor must be in [1, inf), got 0.001" in r.json()["message"]
     ok = client.post("/api/surface/check", json={"expression": "x*y", "domain": [[-1, 1], [0, 3]], "grid": 2})
     assert ok.status_code == 200 and ok.json()["surface"]["grid"]["x"] == [-1.0, 1.0]
     assert not any(isinstance(v, float) and not math.isfinite(v) for v in ok.json()["surface"]["grid"]["x"])

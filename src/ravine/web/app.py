@@ -523,13 +523,18 @@ def _validation_response(errors: list[dict[str, Any]], status_code: int = 422) -
     detail = []
     for e in errors:
         loc = [p for p in e.get("loc", ()) if not (isinstance(p, str) and p.startswith("function-"))]
+        inner = loc[1:] if loc[:1] == ["body"] else loc
         msg = str(e.get("msg", "invalid value"))
-        if msg.startswith("Value error, "):
+        if loc == ["body"] and e.get("type") == "missing":
+            msg = "the request needs a body: a JSON object (Content-Type: application/json)"
+        elif loc == ["body"] and isinstance(e.get("input"), bytes | bytearray):  # not sent as JSON
+            msg = "the body must be a JSON object sent with Content-Type: application/json"
+        elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         elif "input" in e and e.get("type") != "missing":  # pydantic's own words do not quote the value
             shown = json.dumps(_sanitize(e["input"]))
             msg = f"{msg}, got {shown if len(shown) <= 80 else shown[:77] + '...'}"
-        field = ".".join(str(p) for p in loc if p != "body") or "body"
+        field = ".".join(str(p) if p != "" else '""' for p in inner) or "body"
         item = {"loc": _sanitize(loc), "msg": msg, "type": str(e.get("type", "value_error")), "field": field}
         detail.append(item)
     message = "; ".join(f"{d['field']}: {d['msg']}" for d in detail)
