@@ -234,7 +234,10 @@ def test_chain_hyperparams_and_rebuild():
 
 
 def test_get_and_names():
-    assert set(ro.names()) == {"gd", "sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adam_l2", "adagrad"}
+    chapter = {"gd", "sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adam_l2", "adagrad"}
+    elementwise = chapter | {"lion", "adopt", "schedule_free_adamw"}
+    assert set(ro.names()) == elementwise
+    assert set(ro.names(matrix=True)) == elementwise | {"adafactor", "muon", "soap"}
     assert ro.get("adam", lr=0.1).hyperparams["lr"] == 0.1
     with pytest.raises(ValueError, match="unknown optimizer 'adamx'.*adam"):
         ro.get("adamx")
