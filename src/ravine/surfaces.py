@@ -35,8 +35,11 @@ __all__ = ["Minimum", "SaddlePoint", "Surface", "get", "names", "parse", "Expres
 ValueFn = Callable[[torch.Tensor], torch.Tensor]
 ValueGradFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
-#: Optimizers whose step size does not scale with the gradient (per-coordinate normalisation).
-ADAPTIVE_OPTIMIZERS = frozenset({"rmsprop", "adam", "adamw", "adam_l2", "adagrad"})
+#: Optimizers whose step size does not scale with the gradient (per-coordinate normalisation, or
+#: a sign as in Lion): the 2D world gives them the surface's "adaptive" learning rate by default.
+ADAPTIVE_OPTIMIZERS = frozenset(
+    {"rmsprop", "adam", "adamw", "adam_l2", "adagrad", "lion", "adopt", "schedule_free_adamw"}
+)
 
 _GRAD_METHOD = Options(("auto", "autograd"))
 _GRID_SIZE = Interval(int, 2, 2000)
