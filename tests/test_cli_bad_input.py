@@ -242,6 +242,11 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
          "[-9223372036854775808, 9223372036854775807], got 99999999999999999999999"),
         (["sweep", "--seed", "-99999999999999999999999"], "--seed must be an integer in"),
         (["landscape", ".", "--seed", "99999999999999999999999"], "--seed must be an integer in"),
+        (["landscape", ".", "--device", "nonsense"], "--device 'nonsense' is not usable here"),
+        (["trajectories", "--clip", "norm:abc"], "--clip must be norm:MAX or value:MAX with MAX a number, got"),
+        (["sweep", "--noise", "inf"], "--noise must be in [0, inf), got inf"),
+        (["schedule", "constant", "--value", "1", "--rows", "99999999999999999999"], "--rows must be an integer in "
+         "[2, 10000]"),
     ],
 )
 def test_bad_values_exit_2_naming_the_argument(argv, message, capsys, tmp_path, monkeypatch):

@@ -111,6 +111,19 @@ def _resolve(target: str, step: int | None) -> tuple[Path, int | None]:
     )
 
 
+def _device(text: str):
+    """``--device`` as a torch device that exists here (a ValueError naming it otherwise)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:  # unknown name / not built with it / no such device
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"--device {text!r} is not usable here ({first}); e.g. cpu or cuda:0") from None
+    return device
+
+
 def _accuracy(logits, targets):
     """Accuracy over positions whose target is not the ignore index (-100), as the harness counts it."""
     mask = targets != -100
@@ -119,8 +132,6 @@ def _accuracy(logits, targets):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ravine import landscape as L
     from ravine.experiments import Run
     from ravine.experiments.data import cross_entropy
@@ -137,9 +148,9 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(args, files=("save",))
     if args.save is not None:
         check_output_path("--save", Path(args.save).with_suffix(".json"))
+    device = _device(args.device)
     run_dir, step = _resolve(args.target, args.step)
     r = Run(run_dir)
-    device = torch.device(args.device)
     model = r.load_model(step=step, map_location=device)  # a damaged file: RunFileError naming it
     x, y = r.load_dataset().eval_data(args.split)
     n_par = sum(p.numel() for p in model.parameters())

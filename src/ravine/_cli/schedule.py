@@ -185,7 +185,7 @@ def run(args) -> int:
     total = schedule.total_steps
     steps = args.steps if args.steps is not None else (total if total is not None else 1000)
     check("--steps", steps, Interval.finite(int, 1))
-    check("--rows", args.rows, Interval.finite(int, 2))
+    check("--rows", args.rows, Interval(int, 2, 10_000))
 
     if args.csv:
         print("step,lr")

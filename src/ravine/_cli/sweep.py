@@ -121,6 +121,7 @@ def run(args) -> int:
     x = parse_range(args.x, "--x")
     y = parse_range(args.y, "--y")
     check("--steps", args.steps, STEPS)
+    check("--noise", args.noise, Interval.finite(float, 0))
     fixed = parse_hyperparams(args.fixed, "--fixed")
     cells = x[1].size * y[1].size
     work = cells * args.steps

@@ -110,9 +110,13 @@ def parse_clip(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
     kind, _, value = text.partition(":")
-    if kind not in ("norm", "value") or not value:
-        raise ValueError(f"--clip must be norm:MAX or value:MAX, got {text!r}")
-    return {"kind": kind, "max": float(value)}
+    try:
+        limit = float(value)
+    except ValueError:
+        limit = None
+    if kind not in ("norm", "value") or limit is None:
+        raise ValueError(f"--clip must be norm:MAX or value:MAX with MAX a number, got {text!r}")
+    return {"kind": kind, "max": limit}
 
 
 def parse_schedule(text: str | None) -> dict[str, Any] | None:
