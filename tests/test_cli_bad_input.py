@@ -315,6 +315,32 @@ def test_sweep_work_is_bounded_unless_forced(monkeypatch, tmp_path, capsys):
     assert json.loads((tmp_path / "s.json").read_text())["steps"] == 50
 
 
+def test_a_big_sweep_shows_a_bar_that_reaches_its_total(monkeypatch, tmp_path):
+    import tqdm.auto
+
+    import ravine._cli.sweep as cli_sweep
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            self.total, self.n, self.closed = total, 0, False
+            bars.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    monkeypatch.setattr(cli_sweep, "PROGRESS_WORK", 4 * 30 - 1)
+    argv = ["sweep", "--x", "lr=0.1,0.2", "--y", "beta=0.1,0.2", "--steps"]
+    assert main([*argv, "30"]) == 0
+    assert main([*argv, "29"]) == 0  # below the threshold: no bar
+    assert [(b.total, b.n, b.closed) for b in bars] == [(30, 30, True)]
+
+
 def test_sweep_progress_reports_every_step_and_changes_no_number():
     import ravine.simulate as sim
 
