@@ -135,6 +135,49 @@ def test_verdict_optimizers():
     assert _status("optimizers", {**good, "sgd_over_gd_cost_per_update": 1.5}) == "not supported"
     assert _status("optimizers", {**good, "momentum_over_sgd_final_loss": 1.02}) == "inconclusive"
     assert _status("optimizers", {**good, "best_adaptive_over_sgd_final_loss": None}) == "inconclusive"
+    # the --full arm's measurements do not enter the verdict
+    assert _status("optimizers", {**good, "modern": {"over_adamw": {"lion": 9.0}}}) == "supported"
+
+
+def test_optimizers_full_arm_tiny(tmp_path):
+    """The --full arm's own code, run tiny: every optimizer trains the transformer through the harness
+    (Muon as MuonWithAdamW), and each best learning rate and loss are what the run files say."""
+    from ravine.experiments import Run
+    from ravine.experiments.claims import optimizers as ox
+
+    # the quick and tiny plans (make demo, the other tests) hold none of the arm's runs
+    assert len(ox.plan("tiny")) == 12 and len(ox.plan("quick")) == 48
+    assert not [p for s in ("tiny", "quick") for p in ox.plan(s) if p.config.model != "mlp"]
+    full = ox.plan_modern("full")
+    assert len(full) == len(ox.MODERN) * 3 * 3
+    assert {(p.config.optimizer, p.config.optimizer_kwargs["lr"]) for p in full} == {
+        (n, lr) for n in ox.MODERN for lr in ox.MODERN_LR_GRID[n]
+    }
+
+    store = Store(tmp_path, "tiny")
+    measured, fig, ids = ox.modern_arm("tiny", store, claims.Progress(enabled=False))
+    with open(fig, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    # oracle: the run directories themselves (config.json, metrics.jsonl), read without the arm's code
+    by: dict[str, dict[float, list[float]]] = {}
+    classes = {}
+    for d in (tmp_path / "optimizers" / "runs").iterdir():
+        run = Run(d)
+        assert run.status == "completed" and d.name in ids
+        name, lr = run.config.optimizer, run.config.optimizer_kwargs["lr"]
+        by.setdefault(name, {}).setdefault(lr, []).append(run.evals[-1]["test_loss"])
+        assert run.evals[0]["step"] == 0 and run.evals[-1]["test_loss"] < run.evals[0]["test_loss"]  # it trained
+        classes[name] = run.metadata["optimizer_class"]
+    assert sorted(by) == sorted(ox.MODERN) and len(ids) == 14
+    best = {n: min(float(np.mean(v)) for v in losses.values()) for n, losses in by.items()}
+    for name, losses in by.items():
+        means = {lr: float(np.mean(v)) for lr, v in losses.items()}
+        lr = min(means, key=means.get)
+        assert measured["best_lr"][name] == lr
+        assert measured["final_test_loss"][name] == pytest.approx(means[lr], rel=1e-12)
+        assert measured["over_adamw"][name] == pytest.approx(best[name] / best["adamw"], rel=1e-12)
+    assert classes["muon"] == "ravine.optim.muon.MuonWithAdamW"
+    assert {classes[n] for n in ox.MODERN if n != "muon"} == {"ravine.optim.adapter.Optimizer"}
 
 
 def test_verdict_adam_ablation():

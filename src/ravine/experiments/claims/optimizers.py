@@ -10,10 +10,25 @@ Measured: the cost of one update (the median of the harness's per-step ``time``:
 backward and update, evaluation excluded) of each optimizer; the training loss (full training set,
 mean over seeds) against steps and against time = steps x cost per update. The median makes the
 time axis robust to a busy machine stalling single steps (cumulative wall-clock is not).
+
+The ``--full`` arm (size ``"full"`` only; the verdict does not read it): the optimizers people train
+with today (:data:`MODERN`: Lion, ADOPT, Schedule-Free AdamW, Adafactor, SOAP and Muon, with AdamW as
+the baseline) on a tiny transformer (Pre-LN, 2 layers, d=32) as a character-level language model on
+CPython's documentation, mini-batches of 16 blocks of 32 characters, a constant learning rate (no
+schedule: Schedule-Free replaces it, and every optimizer gets the same). Each optimizer runs a
+three-point learning-rate grid (:data:`MODERN_LR_GRID`, fixed from the papers' and reference
+implementations' defaults before any run) over three seeds, and is shown at the learning rate with the
+lowest final held-out loss (mean over seeds). Muon runs as a user would run it: ``MuonWithAdamW``
+over ``muon_param_groups(model)`` (hidden matrices Muon at the grid's rate, embeddings, head and
+vectors AdamW at :data:`MUON_ADAMW_LR`). The harness evaluates every optimizer at the weights it
+trains, so Schedule-Free is evaluated at its training point ``y``, not at its average ``x`` (which is
+usually a little better): its number is conservative. :func:`modern_arm` runs the arm at any size
+(the tests run it tiny).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -44,6 +59,25 @@ LR_GRID = {
 }
 QUICK_START = {"gd": 1, "sgd": 1, "momentum": 1, "rmsprop": 2, "adam": 1, "adamw": 1}
 BATCH = 32
+
+MODERN = ("adamw", "lion", "adopt", "schedule_free_adamw", "adafactor", "soap", "muon")
+"""The ``--full`` arm's optimizers (``ravine.optim`` names), AdamW first as the baseline."""
+MODERN_LR_GRID = {
+    "adamw": (1e-3, 3e-3, 1e-2),
+    "lion": (3e-4, 1e-3, 3e-3),  # the paper: 3-10x below AdamW's
+    "adopt": (1e-3, 3e-3, 1e-2),
+    "schedule_free_adamw": (1e-3, 3e-3, 1e-2),  # the package's default 2.5e-3 inside
+    "adafactor": (3e-3, 1e-2, 3e-2),  # torch.optim.Adafactor's default 1e-2 in the middle
+    "soap": (1e-3, 3e-3, 1e-2),  # the paper's default 3e-3 in the middle
+    "muon": (0.01, 0.02, 0.05),  # the hidden matrices' rate; the reference code's 0.02 inside
+}
+"""The ``--full`` arm's learning-rate grids, fixed before any run (half-decade steps around each
+optimizer's published default, scaled down for Lion as its paper says)."""
+MUON_ADAMW_LR = 3e-3
+"""The AdamW rate of the parameters Muon does not take (embeddings, output head, vectors) in the arm."""
+MODERN_DATA = {"block_size": 32, "eval_blocks": 256}
+MODERN_MODEL = {"d_model": 32, "n_layer": 2, "n_head": 4, "norm": "pre"}
+MODERN_BATCH = 16
 
 
 def _lrs(name: str, size: str) -> tuple[float, ...]:
@@ -76,6 +110,131 @@ def plan(size: str) -> list[Planned]:
                 )
                 out.append(Planned(f"{name}-lr{lr:g}-s{seed}", cfg))
     return out
+
+
+def _muon_with_adamw(model: Any, lr: float) -> Any:
+    """The arm's Muon: ``MuonWithAdamW`` over ``muon_param_groups(model)``."""
+    import ravine.optim as ro
+
+    return ro.MuonWithAdamW(model, lr=lr, adamw_lr=MUON_ADAMW_LR)
+
+
+def plan_modern(size: str) -> list[Planned]:
+    """The runs of the ``--full`` arm.
+
+    Args:
+        size: ``"tiny"`` (one seed, the two lowest grid points, 8 steps), ``"quick"`` (two seeds, 300
+            steps) or ``"full"`` (three seeds, 1500 steps); every size runs every optimizer of :data:`MODERN`.
+
+    Returns:
+        The planned runs, labelled ``modern-<name>-lr<lr>-s<seed>``; Muon's carry their factory.
+    """
+    from ravine.experiments import TrainConfig
+
+    steps = pick(size, 8, 300, 1500)
+    seeds = pick(size, (0,), (0, 1), (0, 1, 2))
+    out = []
+    for name in MODERN:
+        grid = MODERN_LR_GRID[name]
+        for lr in pick(size, grid[:2], grid, grid):
+            kw: dict[str, Any] = {"lr": lr, "adamw_lr": MUON_ADAMW_LR} if name == "muon" else {"lr": lr}
+            factory = functools.partial(_muon_with_adamw, lr=lr) if name == "muon" else None
+            for seed in seeds:
+                cfg = TrainConfig(
+                    data="chars",
+                    data_kwargs=MODERN_DATA,
+                    model="transformer",
+                    model_kwargs=MODERN_MODEL,
+                    optimizer=name,  # for muon a label: the factory builds the optimizer
+                    optimizer_kwargs=kw,
+                    steps=steps,
+                    batch_size=MODERN_BATCH,
+                    eval_every=max(1, steps // 20),
+                    seed=seed,
+                )
+                out.append(Planned(f"modern-{name}-lr{lr:g}-s{seed}", cfg, factory))
+    return out
+
+
+def modern_arm(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any], str, list[str]]:
+    """Run (or reuse) the ``--full`` arm's runs and measure them.
+
+    Args:
+        size: as :func:`plan_modern` (the experiment calls it with ``"full"`` only).
+        store: where the runs and the figure go (the ``optimizers`` experiment's folders).
+        progress: the progress bar's settings.
+
+    Returns:
+        ``(measured, figure path, run ids)``. ``measured``: ``best_lr`` and ``final_test_loss`` (mean
+        over seeds at the best rate, chosen by that mean), ``final_test_loss_std`` (over seeds),
+        ``lr_sweep_final_test_loss`` (``None`` where a seed diverged), ``best_lr_at_grid_edge``,
+        ``over_adamw`` (each one's best loss / AdamW's), and the ``optimizer_class`` each ran as.
+    """
+    from ravine.plots.experiments import Panel, Series, plot_panels
+
+    planned = plan_modern(size)
+    runs = train_all(store, NAME, planned, progress)
+    table: dict[str, dict[float, list[float]]] = {n: {} for n in MODERN}
+    for p in planned:
+        table[p.config.optimizer].setdefault(p.config.optimizer_kwargs["lr"], []).append(
+            final_eval(runs[p.label], "test_loss")
+        )
+    best_lr: dict[str, float] = {}
+    final: dict[str, float] = {}
+    spread: dict[str, float] = {}
+    sweep: dict[str, dict[str, float | None]] = {}
+    for name, by_lr in table.items():
+        means = {lr: float(np.mean([finite_or(v, np.inf) for v in vals])) for lr, vals in by_lr.items()}
+        sweep[name] = {f"{lr:g}": (v if np.isfinite(v) else None) for lr, v in means.items()}
+        lr = min(means, key=lambda k: means[k])
+        best_lr[name], final[name] = lr, means[lr]
+        spread[name] = float(np.std(table[name][lr])) if np.isfinite(means[lr]) else float("nan")
+    at_edge = [n for n in MODERN if len(table[n]) > 2 and best_lr[n] in (min(table[n]), max(table[n]))]
+    best = {
+        n: [runs[p.label] for p in planned if p.config.optimizer == n and p.config.optimizer_kwargs["lr"] == best_lr[n]]
+        for n in MODERN
+    }
+    measured = {
+        "steps": int(planned[0].config.steps),
+        "seeds": len({p.config.seed for p in planned}),
+        "lr_grid": {n: list(MODERN_LR_GRID[n]) for n in MODERN},
+        "best_lr": best_lr,
+        "best_lr_at_grid_edge": at_edge,
+        "final_test_loss": final,
+        "final_test_loss_std": spread,
+        "lr_sweep_final_test_loss": sweep,
+        "over_adamw": {n: ratio(final[n], final["adamw"]) for n in MODERN},
+        "optimizer_class": {n: best[n][0].metadata.get("optimizer_class") for n in MODERN},
+    }
+    curves = []
+    for i, n in enumerate(MODERN):
+        evs = [eval_columns(r) for r in best[n]]
+        k = min(len(e["step"]) for e in evs)
+        loss = np.mean([e["test_loss"][:k] for e in evs], axis=0)
+        curves.append(Series(f"{n} (lr {best_lr[n]:g})", evs[0]["step"][:k], loss, color=i))
+    sweeps = []
+    for i, n in enumerate(MODERN):
+        lrs = sorted(table[n])
+        ys = [sweep[n][f"{lr:g}"] if sweep[n][f"{lr:g}"] is not None else np.nan for lr in lrs]
+        sweeps.append(Series(n, lrs, ys, color=i, marker="o"))
+    fig = store.figure_path(NAME, "modern")
+    plot_panels(
+        fig,
+        [
+            Panel("held-out loss vs steps (best lr each, seed mean)", "step", "test loss", curves, logy=True),
+            Panel(
+                "learning-rate sweep",
+                "learning rate (Muon: its hidden matrices')",
+                "final test loss",
+                sweeps,
+                logx=True,
+                logy=True,
+                note="missing: a seed diverged",
+            ),
+        ],
+        suptitle=(f"Tiny transformer on text, {measured['steps']} steps, constant lr, {measured['seeds']} seed(s)"),
+    )
+    return measured, str(fig), [r.id for r in runs.values()]
 
 
 def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any], list[str], list[str], str]:
@@ -211,7 +370,29 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
             else " Every best learning rate is inside its grid."
         )
     )
-    return measured, [str(fig)], [r.id for r in runs.values()], reading
+    figures, run_ids = [str(fig)], [r.id for r in runs.values()]
+    if size == "full":
+        modern, modern_fig, modern_ids = modern_arm(size, store, progress)
+        measured["modern"] = modern
+        figures.append(modern_fig)
+        run_ids += modern_ids
+        order = sorted(MODERN, key=lambda n: modern["final_test_loss"][n])
+        reading += (
+            f" The full arm (a tiny transformer on text, {modern['steps']} steps, {modern['seeds']} seeds, each "
+            "optimizer at its best learning rate of a three-point grid): final held-out loss "
+            + ", ".join(
+                f"{n} {modern['final_test_loss'][n]:.3g} ± {modern['final_test_loss_std'][n]:.2g} "
+                f"(lr {modern['best_lr'][n]:g})"
+                for n in order
+            )
+            + "."
+            + (
+                f" At the edge of its grid: {', '.join(modern['best_lr_at_grid_edge'])}."
+                if modern["best_lr_at_grid_edge"]
+                else ""
+            )
+        )
+    return measured, figures, run_ids, reading
 
 
 def verdict(measured: dict[str, Any]) -> Verdict:
