@@ -1,7 +1,8 @@
 """Property tests of the torch adapter over random chains (hypothesis, derandomized).
 
 A chain is drawn from the primitives of ``ravine.optim`` (an optional leading clip, up to three middle
-transforms, the learning rate last) with random hyperparameters inside ``ravine.optim.CONSTRAINTS``; the
+transforms, the learning rate last, a float or a ravine schedule) with random hyperparameters inside
+``ravine.optim.CONSTRAINTS``; the
 second of two param groups overrides a random subset of the numeric ones. Then:
 
 - ``ro.Optimizer`` (unfused, and with ``fused=None``: the flat path where the chain allows it) equals the
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ravine.optim as ro
+import ravine.schedules as rsch
 
 PROPERTY = settings(
     derandomize=True, database=None, deadline=None, max_examples=150,
@@ -81,7 +83,11 @@ def chains(draw):
     if lead != "none":
         parts.append(ro.clip_by_global_norm(draw(st.floats(1e-3, 10.0)), per_group=lead == "per_group"))
     parts += draw(st.lists(st.one_of(*MIDDLE), max_size=3))
-    parts.append(ro.scale_by_learning_rate(draw(st.floats(0.0, 1.0))))
+    # the learning rate: a float, or a ravine schedule (the adapter writes its value into group["lr"] each
+    # step; the reference's transform resolves it at its own step count)
+    lr = draw(st.floats(0.0, 1.0) | st.builds(rsch.warmup_cosine, st.floats(1e-3, 1.0), st.integers(0, 3),
+                                               st.integers(3, 8)))
+    parts.append(ro.scale_by_learning_rate(lr))
     chain = ro.chain(*parts)
     keys = sorted(k for k in chain.hyperparams if k.split(".")[-1] in OVERRIDES)
     chosen = draw(st.lists(st.sampled_from(keys), unique=True)) if keys else []
