@@ -114,6 +114,12 @@ def test_fuzzed_findings_stay_fixed():
     })
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "schedule"
     assert "div_factor must be in [1, inf), got 0.001" in r.json()["message"]
+    # a start where the loss is not finite is a 422 naming start (was the whole body)
+    r = client.post("/api/trajectories", json={
+        "optimizers": [{"name": "gd"}], "surface": {"expression": "log(x)"}, "start": [-1, 0],
+    })
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "start"
+    assert "the loss at start (-1.0, 0.0) is nan" in r.json()["message"]
     ok = client.post("/api/surface/check", json={"expression": "x*y", "domain": [[-1, 1], [0, 3]], "grid": 2})
     assert ok.status_code == 200 and ok.json()["surface"]["grid"]["x"] == [-1.0, 1.0]
     assert not any(isinstance(v, float) and not math.isfinite(v) for v in ok.json()["surface"]["grid"]["x"])

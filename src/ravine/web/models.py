@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import torch
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -493,7 +494,9 @@ class ClipSpec(_Strict):
 
 class _RunCommon(_Strict):
     surface: SurfaceSpec = Field(default_factory=lambda: SurfaceSpec())
-    start: Point | None = Field(None, description="start point (x, y); default: the surface's start")
+    start: Point | None = Field(
+        None, validate_default=True, description="start point (x, y); default: the surface's start"
+    )
     steps: int = Field(200, ge=1, le=MAX_STEPS, strict=True, description=f"number of updates (1..{MAX_STEPS})")
     noise: Finite = Field(0.0, ge=0.0, le=1e3, description="std of Gaussian noise added to each gradient")
     seed: int = Field(0, ge=0, le=2**31 - 1, strict=True, description="seed of the gradient noise")
@@ -519,9 +522,16 @@ class _RunCommon(_Strict):
 
     @field_validator("start")
     @classmethod
-    def _start_bounded(cls, v: Point | None) -> Point | None:
+    def _start_bounded(cls, v: Point | None, info: ValidationInfo) -> Point | None:
         if v is not None and (abs(v[0]) > 1e6 or abs(v[1]) > 1e6):
             raise ValueError(f"start {v!r} is too far out; allowed: |x|, |y| <= 1e6")
+        spec = info.data.get("surface")
+        if spec is not None and spec.surface is not None:  # a run cannot start where the loss is not finite
+            point = tuple(float(c) for c in (v if v is not None else spec.surface.start))
+            value = float(spec.surface.value(torch.tensor(point, dtype=torch.float64)))
+            if not math.isfinite(value):
+                where = f"start {point!r}" if v is not None else f"the surface's default start {point!r}"
+                raise ValueError(f"the loss at {where} is {value}; allowed: a start where the surface is finite")
         return v
 
 
