@@ -4,6 +4,8 @@ Usage::
 
     .venv/bin/python benchmarks/step.py            # GPT-2-small-shaped set (124M) + 2000 x 1k tensors
     .venv/bin/python benchmarks/step.py --quick    # smaller sets (13M parameters in 52 tensors; 500 x 1k tensors)
+    .venv/bin/python benchmarks/step.py --threads 1 --kinds lion,sfadamw   # issue 16's optimizers
+    .venv/bin/python benchmarks/step.py --threads 1 --kinds muon --steps 3 --warmup 1 --no-memory
 
 Each contestant gets fresh copies of the same parameters and gradients (float32, on ``--device``)
 and is timed *paired* with the comparison's reference (torch's fused optimizer): their steps
@@ -20,6 +22,18 @@ ravine's default ``nonfinite="skip"`` check reads g once more when the chain doe
 clip norm doubles as the check); ``no nan check`` is ``nonfinite="apply"``, torch's semantics.
 ``adamw-skip`` and ``sgd-skip`` compare ravine's default against torch's fused optimizer with the
 same skip rule (``found_inf`` from a ``_foreach_norm`` pass, as GradScaler feeds it): 4 more bytes.
+The newer optimizers (``--kinds lion,sfadamw,muon``, not in the default list) compare against their
+reference implementations: ``lion`` against pytorch-optimizer's ``Lion`` (reads p, g, m, writes p,
+m: 20 bytes); ``sfadamw`` (Schedule-Free AdamW in train mode) against the ``schedulefree`` package's
+``AdamWScheduleFree`` (reads y, g, z, v, writes y, z, v: 28 bytes; ravine's chain is not fusable, so
+it runs unfused) and heavyball's compiled ``SFAdamW``; ``muon`` splits the GPT-2 set as a user would,
+with ``muon_param_groups`` (hidden matrices to Muon, embeddings and vectors to AdamW) and compares
+``MuonWithAdamW`` (unfused; ``fused=None``: the AdamW group fused, Muon unfused) against
+``torch.optim.Muon`` + fused ``torch.optim.AdamW`` on the same split and heavyball's compiled
+``Muon`` + ``AdamW`` (its Newton-Schulz products dominate: no GB/s; on the GPT-2 sets only).
+heavyball (in the ``bench`` extra) sets ``p.grad = None`` after each step, so its contestants get
+the gradients back by reference before each step; heavyball has no Lion. heavyball compiles its
+step on the first call, so its ``first step`` column includes compilation.
 ``peak extra`` is the most memory a step allocates beyond what exists before it (CUDA:
 ``max_memory_allocated``; CPU: allocation events of ``torch.profiler(profile_memory=True)``).
 """
@@ -148,6 +162,109 @@ def contestants(kind: str) -> dict[str, Callable]:
     def sgd():
         return ro.torch_sgd(1e-3, momentum=0.9, nesterov=True)
 
+    def regrad(ps, step):
+        """heavyball sets ``p.grad = None`` after its step (it zeroes the gradients for you): give them
+        back before each step, by reference (no copy), or every step after the first would do nothing."""
+        grads = [p.grad for p in ps]
+
+        def run():
+            for p, g in zip(ps, grads):
+                p.grad = g
+            step()
+
+        return run
+
+    def pto_lion(ps):
+        import pytorch_optimizer
+
+        return pytorch_optimizer.Lion(ps, lr=1e-4, weight_decay=0.01).step
+
+    def lion():
+        return ro.lion(1e-4, weight_decay=0.01)
+
+    def sf_reference(ps):
+        import schedulefree
+
+        opt = schedulefree.AdamWScheduleFree(ps, lr=1e-3, weight_decay=0.01)
+        opt.train()
+        return opt.step
+
+    def sf_heavyball(ps):
+        import heavyball
+
+        # heavyball's defaults differ from schedulefree's (betas, eps): the reference's are given
+        opt = heavyball.SFAdamW(ps, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+        return regrad(ps, opt.step)
+
+    def sfadamw():
+        return ro.schedule_free_adamw(1e-3, weight_decay=0.01)
+
+    def muon_groups(ps):
+        """``ro.muon_param_groups`` on a module holding the set's parameters as GPT-2 holds them: the
+        first two (token and position embeddings, the output head tied to the first) to AdamW, the
+        other 2D matrices to Muon, vectors to AdamW."""
+        model = torch.nn.Module()
+        model.wte = torch.nn.Embedding(*ps[0].shape)
+        model.wte.weight = ps[0]
+        model.wpe = torch.nn.Embedding(*ps[1].shape)
+        model.wpe.weight = ps[1]
+        model.blocks = torch.nn.ParameterList(ps[2:])
+        groups = ro.muon_param_groups(model, lr=0.02, adamw_lr=3e-4)
+        if [g["use_muon"] for g in groups] != [True, False]:
+            raise ValueError("muon: the set has no hidden matrices (run it on a gpt2 set)")
+        return groups
+
+    def muon_torch(ps):
+        hidden, other = (g["params"] for g in muon_groups(ps))
+        mu = torch.optim.Muon(hidden, lr=0.02, weight_decay=0.0, adjust_lr_fn="original")
+        aw = torch.optim.AdamW(other, lr=3e-4, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0, fused=True)
+
+        def step():
+            mu.step()
+            aw.step()
+
+        return step
+
+    def muon_ravine(fused):
+        def build(ps):
+            return ro.MuonWithAdamW(muon_groups(ps), fused=fused).step
+
+        return build
+
+    def muon_heavyball(ps):
+        import heavyball
+
+        hidden, other = (g["params"] for g in muon_groups(ps))
+        mu = heavyball.Muon(hidden, lr=0.02, betas=(0.95, 0.95))
+        aw = heavyball.AdamW(other, lr=3e-4, betas=(0.9, 0.95), eps=1e-10)
+
+        def step():
+            mu.step()
+            aw.step()
+
+        return regrad(ps, step)
+
+    if kind == "lion":
+        return {
+            "pto Lion": pto_lion,
+            "ravine unfused": ravine(lion, False),
+            "ravine flat": ravine(lion, "flat"),
+            "ravine fused": ravine(lion, True),
+            "  no nan check": ravine(lion, True, "apply"),
+        }
+    if kind == "sfadamw":
+        return {
+            "schedulefree": sf_reference,
+            "ravine unfused": ravine(sfadamw, False),
+            "heavyball": sf_heavyball,
+        }
+    if kind == "muon":
+        return {
+            "torch Muon+AdamW": muon_torch,
+            "ravine unfused": muon_ravine(False),
+            "ravine fused": muon_ravine(None),
+            "heavyball": muon_heavyball,
+        }
     if kind == "clip+adamw":
         return {
             "torch for-loop": torch_clip_adamw("for-loop"),
@@ -184,8 +301,22 @@ def contestants(kind: str) -> dict[str, Callable]:
     raise ValueError(kind)
 
 
-BYTES = {"clip+adamw": 32, "adamw": 28, "sgd-nesterov": 20, "adamw-skip": 32, "sgd-skip": 24}
+BYTES = {
+    "clip+adamw": 32,
+    "adamw": 28,
+    "sgd-nesterov": 20,
+    "adamw-skip": 32,
+    "sgd-skip": 24,
+    "lion": 20,
+    "sfadamw": 28,
+    "muon": None,  # bound by the Newton-Schulz matrix products, not by memory traffic
+}
+DEFAULT_KINDS = ("clip+adamw", "adamw", "sgd-nesterov", "adamw-skip", "sgd-skip")
+MATRIX_KINDS = ("muon",)  # run on the GPT-2-shaped sets only (the others hold no hidden matrices)
 REFERENCE = {
+    "lion": "pto Lion",
+    "sfadamw": "schedulefree",
+    "muon": "torch Muon+AdamW",
     "clip+adamw": "torch fused",
     "adamw": "torch fused",
     "sgd-nesterov": "torch fused",
@@ -208,6 +339,9 @@ def run(args: argparse.Namespace) -> None:
         n = sum(torch.Size(s).numel() for s in shapes)
         print(f"\n## {set_name}: {n / 1e6:.1f}M parameters, {len(shapes)} tensors")
         for kind in kinds:
+            if kind in MATRIX_KINDS and not set_name.startswith("gpt2"):
+                print(f"\n{kind}: skipped on {set_name} (no hidden matrices)")
+                continue
             entries = contestants(kind)
             ref_name = REFERENCE[kind]
             ref_ps = make(shapes, args.device)
@@ -239,16 +373,17 @@ def run(args: argparse.Namespace) -> None:
                 rows = {ref_name: (statistics.median(ref_times), 1.0, 1.0, ref_first, ref_peak), **rows}
             del ref_ps, ref_step
             gc.collect()
-            print(f"\n{kind} ({BYTES[kind]} bytes/param); ratios against {ref_name}, paired steps")
+            per_param = "compute-bound" if BYTES[kind] is None else f"{BYTES[kind]} bytes/param"
+            print(f"\n{kind} ({per_param}); ratios against {ref_name}, paired steps")
             print(
                 f"{'contestant':<16} {'ms/step':>8} {'ratio':>6} {'(best)':>7} {'GB/s':>6} "
                 f"{'first step s':>12} {'peak extra MB':>13}"
             )
             for name, (med, ratio, ratio_best, first, peak) in rows.items():
-                gbs = BYTES[kind] * n / med / 1e9
+                gbs = "-" if BYTES[kind] is None else f"{BYTES[kind] * n / med / 1e9:.2f}"
                 print(
                     f"{name:<16} {med * 1e3:>8.1f} {ratio:>5.2f}x {ratio_best:>6.2f}x "
-                    f"{gbs:>6.2f} {first:>12.2f} {peak / 2**20:>13.1f}"
+                    f"{gbs:>6} {first:>12.2f} {peak / 2**20:>13.1f}"
                 )
             sys.stdout.flush()
 
@@ -259,7 +394,11 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per contestant (median reported)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps, the first reported separately")
-    ap.add_argument("--kinds", default=",".join(BYTES), help=f"comma-separated comparisons, of {', '.join(BYTES)}")
+    ap.add_argument(
+        "--kinds",
+        default=",".join(DEFAULT_KINDS),
+        help=f"comma-separated comparisons, of {', '.join(BYTES)} (default: {', '.join(DEFAULT_KINDS)})",
+    )
     ap.add_argument("--only", default="", help="run only contestants whose name contains this")
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory step")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave torch's default)")
