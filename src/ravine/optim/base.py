@@ -40,11 +40,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._validation import Options, check
 from ._constraints import check_flag
 
 Params = list[Tensor]
 State = dict[str, Any]
 Hyper = float | Tensor | Callable[[int], float]
+
+_FUSABLE = Options((False, True, "matrix"))
 
 __all__ = [
     "Transform",
@@ -68,7 +71,8 @@ class Transform:
 
     What a transform declares about itself: ``fusable`` / ``compilable`` (set by
     ``@transform(fusable=...)`` where a primitive is defined: whether the fused path may run it on
-    flat buffers, and compile it) and ``needs`` (hyperparameters left ``None`` that the torch
+    flat buffers, and compile it; ``fusable="matrix"``: per parameter, on its view of the flat
+    buffers) and ``needs`` (hyperparameters left ``None`` that the torch
     adapter fills from the param group, e.g. AdamW's ``lr_peak`` in the paper's convention).
     """
 
@@ -82,9 +86,11 @@ class Transform:
     # the components of a chain (empty for a primitive): what ``structure`` describes.
     parts: tuple[Transform, ...] = ()
     # a primitive whose math is elementwise (or a reduction over all coordinates), so that it
-    # computes the same on flat buffers (see ravine.optim.fused); ``compilable``: and it traces into
-    # one graph (no branch on data).
-    fusable: bool = False
+    # computes the same on flat buffers (see ravine.optim.fused); ``"matrix"``: its math acts on
+    # each parameter's tensor as a whole (Muon's Newton-Schulz), so the fused path runs it on each
+    # parameter's view of the flat buffers; ``compilable``: and it traces into one graph (no branch
+    # on data).
+    fusable: bool | str = False
     compilable: bool = False
     # hyperparameters that, left ``None``, the torch adapter fills with a value of the param group
     # that only it knows ("lr_peak": where the group's learning rate peaks).
@@ -124,7 +130,7 @@ def _short(v: Any) -> str:
 
 
 def transform(
-    *, static: Sequence[str] = (), fusable: bool = False, compilable: bool | None = None
+    *, static: Sequence[str] = (), fusable: bool | str = False, compilable: bool | None = None
 ) -> Callable[[Callable[..., Transform]], Callable[..., Transform]]:
     """Decorator for transform factories: records the call's arguments as ``hyperparams``.
 
@@ -132,13 +138,20 @@ def transform(
     the factory again with updated values. ``static`` names the hyperparameters that are structure
     (forms, masks), not numbers. A primitive declares here whether the fused path may run it:
     ``fusable=True`` when its math is elementwise (or a reduction over all coordinates), so that it
-    computes the same on one flat buffer as on a list of tensors; ``compilable`` (default: as
-    ``fusable``) when it also traces into one ``torch.compile`` graph (no Python branch on data).
+    computes the same on one flat buffer as on a list of tensors; ``fusable="matrix"`` when its math
+    acts on each parameter's tensor as a whole (it depends on the shape: Muon's Newton-Schulz
+    iteration) and keeps no per-parameter state: the fused path then hands it each parameter's
+    view of the flat buffers, and compiles it batched over the parameters of one shape
+    (``torch.vmap``), so its ``update`` must also be correct applied to one tensor at a time;
+    ``compilable`` (default: as ``fusable``) when it also traces into one ``torch.compile`` graph
+    (no Python branch on data).
 
     A parameter annotated ``bool`` (``nesterov``, ``amsgrad``, ``maximize``...) must be given a bool:
     anything else raises ``TypeError`` naming it (``nesterov="no"`` is truthy and would switch the
     option on), through :func:`ravine.optim._constraints.check_flag`.
     """
+
+    check("fusable", fusable, _FUSABLE, where="transform: ")
 
     def wrap(fn: Callable[..., Transform]) -> Callable[..., Transform]:
         sig = inspect.signature(fn)
@@ -164,7 +177,7 @@ def transform(
                 factory=build,
                 static=frozenset(static) | inner,
                 fusable=fusable,
-                compilable=fusable if compilable is None else compilable,
+                compilable=bool(fusable) if compilable is None else compilable,
                 needs=frozenset(k for k in hp if k in t.needs),
             )
 

@@ -9,9 +9,12 @@ AdamW for the rest, chosen per param group by ``use_muon``); :func:`muon_param_g
 those groups from a model; and the torch-style classes :class:`Muon` (``torch.optim.Muon``'s
 signature) and :class:`MuonWithAdamW`.
 
-Muon is not elementwise (it multiplies matrices), so it does not run on the fused path:
-``fused=True``/``"flat"`` raise naming ``orthogonalize``, ``fused=None`` runs it unfused (and the
-AdamW groups of :class:`MuonWithAdamW` fused).
+Muon is not elementwise (it multiplies matrices): its two per-matrix primitives declare
+``fusable="matrix"``, so on the fused path (``ravine.optim.fused.matrix``) the momentum, weight
+decay and learning rate run on the flat buffers and the Newton-Schulz iteration on each
+parameter's 2D view of them: eagerly with ``fused="flat"``/``None`` (the unfused numbers, bit for
+bit), compiled and batched per shape with ``fused=True`` (bfloat16 rounding apart); the AdamW groups
+of :func:`muon_with_adamw` run their own fused path.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def newton_schulz(
     return y.T if tall else y
 
 
-@transform(static=("ns_steps", "ns_coefficients", "ns_dtype"))
+@transform(static=("ns_steps", "ns_coefficients", "ns_dtype"), fusable="matrix")
 def orthogonalize(
     ns_steps: int = 5,
     ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
@@ -112,7 +115,9 @@ def orthogonalize(
     Every direction of the update gets the same size whatever the gradient's spectrum: the rare
     directions that SGD and Adam barely move along are amplified. A ``ValueError`` for any update
     that is not a matrix. The result is cast back to the update's dtype (torch adds the bfloat16
-    result to the parameter directly: the same numbers). Not elementwise: no fused path.
+    result to the parameter directly: the same numbers). Not elementwise: on the fused path it
+    runs on each parameter's view of the flat buffers (``fusable="matrix"``), compiled with
+    ``fused=True`` as one batched iteration over the stacked ``(k, m, n)`` matrices of each shape.
     """
     where = "orthogonalize: "
     check("ns_steps", ns_steps, CONSTRAINTS["ns_steps"], where=where)
@@ -156,7 +161,7 @@ def shape_ratio(shape: Sequence[int], adjust_lr: str | None) -> float:
     return 1.0
 
 
-@transform(static=("adjust_lr",))
+@transform(static=("adjust_lr",), fusable="matrix", compilable=False)
 def scale_by_shape(adjust_lr: str | None = "original") -> Transform:
     """``u = ratio(A, B) * g`` for each ``(A, B)`` matrix: the learning-rate adjustment of Muon.
 
@@ -164,7 +169,9 @@ def scale_by_shape(adjust_lr: str | None = "original") -> Transform:
     moves matrices of different shapes by different amounts. ``"original"`` (Keller Jordan):
     ``sqrt(max(1, A / B))``, tall matrices get a larger step. ``"match_rms_adamw"`` (Liu et al.
     2025, Moonlight): ``0.2 * sqrt(max(A, B))``, the update's RMS becomes 0.2, about AdamW's, so
-    AdamW's learning rate and weight decay can be reused. ``None``: no adjustment.
+    AdamW's learning rate and weight decay can be reused. ``None``: no adjustment. It depends on
+    each parameter's shape, so the fused path runs it on each parameter's view (``fusable="matrix"``,
+    eagerly: one multiplication per matrix).
     """
     check_option("adjust_lr", adjust_lr, where="scale_by_shape: ")
 
@@ -389,8 +396,8 @@ class Muon(Optimizer):
         adjust_lr_fn: ``None`` or ``"original"`` (Keller Jordan's ``sqrt(max(1, A/B))``),
             ``"match_rms_adamw"`` (``0.2 sqrt(max(A, B))``).
         nonfinite: see :class:`ravine.optim.Optimizer`.
-        fused: see :class:`ravine.optim.Optimizer`; Muon is not elementwise, so only ``False`` and
-            ``None`` (which runs it unfused) accept it.
+        fused: see :class:`ravine.optim.Optimizer`; the Newton-Schulz step runs on each matrix's
+            view of the flat buffers (compiled per shape with ``True``), see :func:`orthogonalize`.
     """
 
     def __init__(
@@ -449,8 +456,8 @@ class MuonWithAdamW(Optimizer):
         eps: AdamW's epsilon.
         adjust_lr: Muon's learning-rate adjustment by shape (see :func:`scale_by_shape`).
         nonfinite: see :class:`ravine.optim.Optimizer`.
-        fused: see :class:`ravine.optim.Optimizer`; with ``None`` the AdamW group runs fused and
-            the Muon groups unfused.
+        fused: see :class:`ravine.optim.Optimizer`; the Muon groups run as :class:`Muon` does,
+            the AdamW group on AdamW's fused path.
     """
 
     def __init__(

@@ -45,7 +45,12 @@ of :mod:`ravine.optim.transforms` but the unit-wise ``clip_adaptive``, and ``cli
 flat path only, as it does not compile), with float, schedule or one-element tensor hyperparameters.
 Anything that depends on parameter shapes (masks, ``per_row``, broadcast tensor hyperparameters)
 is not: ``fused=True`` raises ``ValueError`` naming it, ``fused=None`` falls back to the unfused
-path.
+path. The one exception is declared where it is defined: a primitive whose math acts on each
+parameter's tensor as a whole (``@transform(fusable="matrix")``, Muon's Newton-Schulz step) runs on
+each parameter's view of the flat buffers, the rest of its chain on the buffers; with
+``fused=True`` it is compiled per shape over the stacked views (:mod:`~ravine.optim.fused.matrix`)
+and the chain's elementwise work runs with foreach ops on the flat buffers (one graph for the
+whole chain would specialise on every parameter's offset).
 
 Gradients (compiled path) live in the flat buffer: after a compiled step, ``p.grad`` is a view
 into the flat gradient buffer (same values). ``zero_grad(set_to_none=False)`` zeroes those views
@@ -69,7 +74,8 @@ rebuilds the buffers (a copy). Parameters sharing memory with each other (tied v
 non-contiguous parameters make a group ineligible.
 
 The package: :mod:`~ravine.optim.fused.flat` (the buffers), :mod:`~ravine.optim.fused.compiled` (the
-traced step and its inductor pass), :mod:`~ravine.optim.fused.engine` (what runs where, and the
+traced step and its inductor pass), :mod:`~ravine.optim.fused.matrix` (per-parameter primitives on
+the flat buffers), :mod:`~ravine.optim.fused.engine` (what runs where, and the
 :class:`~ravine.optim.fused.engine.Host` interface to the optimizer).
 """
 

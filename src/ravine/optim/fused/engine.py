@@ -14,6 +14,7 @@ from .._state import assemble, by_slot, check_structure, clips_globally, first_s
 from ..base import Transform, apply_updates, chain_info
 from .compiled import Compiled, compiler_problem, signature
 from .flat import FlatGroup
+from .matrix import MatrixRunner, has_matrix, matrix_problem, on_views
 
 __all__ = ["FUSED_MODES", "Host", "FusedEngine", "check_fusable"]
 
@@ -55,14 +56,21 @@ class Host(Protocol):
 def check_fusable(t: Transform, compile: bool = False) -> str | None:
     """Why ``t`` cannot run on flat buffers (``None`` if it can).
 
-    Every primitive must declare itself fusable (``@transform(fusable=True)``); ``compile=True``
-    also requires each to trace into one graph (``compilable``). Per-parameter options (masks,
-    ``per_row``) and tensor hyperparameters of more than one element depend on the parameters'
-    shapes and make a chain ineligible.
+    Every primitive must declare itself fusable (``@transform(fusable=True)``, or
+    ``fusable="matrix"``: run per parameter, see :mod:`~ravine.optim.fused.matrix`); ``compile=True``
+    also requires each elementwise one to trace into one graph (``compilable``; a matrix primitive
+    that does not is run eagerly). Per-parameter options (masks, ``per_row``) and tensor
+    hyperparameters of more than one element depend on the parameters' shapes and make a chain
+    ineligible.
     """
     for leaf in leaves(t):
         if not leaf.fusable:
             return f"{leaf.name} is not an elementwise primitive (it does not declare itself fusable)"
+        if leaf.fusable == "matrix":
+            why = matrix_problem(leaf, compile)
+            if why is not None:
+                return why
+            continue
         if compile and not leaf.compilable:
             return f"{leaf.name} has a data-dependent branch and cannot be compiled into one kernel"
         hp = leaf.hyperparams
@@ -107,6 +115,8 @@ class FusedEngine:
         self.compiled: dict[tuple, Compiled] = {}
         self.broken: dict[tuple, str] = {}
         self.warned = False
+        # the compiled per-shape functions of matrix primitives (Muon's Newton-Schulz step)
+        self.matrix = MatrixRunner(mode, compiler_problem, self._warn)
 
     def reset(self) -> None:
         """Forget the flat buffers (after ``load_state_dict`` replaced the state tensors)."""
@@ -205,7 +215,10 @@ class FusedEngine:
         torch.autograd.graph.increment_version(flat.params)
 
     def _run_flat(self, t: Transform, flat: FlatGroup, total: Tensor | None) -> dict[str, Any]:
-        """The chain eagerly on the flat buffers (foreach ops over one tensor per bucket)."""
+        """The chain eagerly on the flat buffers (foreach ops over one tensor per bucket); its
+        matrix primitives on the parameters' views, compiled per shape when compiling."""
+        if has_matrix(t):
+            t = on_views(t, flat, self.matrix if self.want_compile() else None)
         if flat.adopt_grads:  # the gradient buffer holds p.grad: work on a copy
             work = flat.work_buffers()
             torch._foreach_copy_(work, flat.flat_grads)
@@ -227,7 +240,10 @@ class FusedEngine:
     ) -> Any:
         """Run the compiled step of the groups ``flats`` (chains ``ts``): their infos; ``None`` if
         compilation is unavailable (the caller runs the flat path), ``False`` if the step was
-        skipped for non-finite gradients (masked only)."""
+        skipped for non-finite gradients (masked only). A chain with a matrix primitive runs
+        on the flat path (``None``), which compiles that primitive per shape."""
+        if any(map(has_matrix, ts)):
+            return None
         why = next((w for w in (check_fusable(t, compile=True) for t in ts) if w is not None), None)
         devices = {g.device for f in flats for g in f.flat_grads}
         if why is None and len(devices) > 1:

@@ -52,8 +52,10 @@ class FlatGroup:
         self.flat_grads: list[Tensor] = []
         self.flat_state: dict[str, list[Tensor]] = {s: [] for s in slots}
         self.param_views: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+        # per parameter: its bucket, offset and shape (where its views lie in any flat buffer)
+        self.spans: list[tuple[int, int, torch.Size]] = [None] * len(params)  # type: ignore[list-item]
         self.grad_views: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
-        for idx in self.buckets:
+        for k, idx in enumerate(self.buckets):
             ps = [params[i] for i in idx]
             total = sum(p.numel() for p in ps)
             fp = torch.empty(total, dtype=ps[0].dtype, device=ps[0].device)
@@ -69,6 +71,7 @@ class FlatGroup:
                 p.data = pv
                 self.param_views[i] = pv
                 self.grad_views[i] = fg[off : off + n].view_as(p)
+                self.spans[i] = (k, off, p.shape)
                 d = state[p]
                 for s in slots:
                     sv = fresh[s][off : off + n].view_as(p)
@@ -115,6 +118,9 @@ class FlatGroup:
     def state_lists(self) -> list[dict[str, Tensor]]:
         return [{s: self.flat_state[s][k] for s in self.flat_state} for k in range(len(self.buckets))]
 
+    def views(self, flat: list[Tensor]) -> list[Tensor]:
+        """Each parameter's view (its shape, in the parameters' order) of one flat tensor per bucket."""
+        return [flat[k][off : off + shape.numel()].view(shape) for k, off, shape in self.spans]
 
     def work_buffers(self) -> list[Tensor]:
         """A reusable buffer per bucket for the chain to work in (the gradient buffer is ``p.grad``)."""
