@@ -216,6 +216,24 @@ def test_non_matrix_parameters_are_refused_on_the_fused_path():
         opt.step()
 
 
+def test_a_nonfinite_gradient_skips_the_flat_step_untouched():
+    m = make_model()
+    opt = ravine_muon(m, "flat")
+    train(m, opt, steps=3)
+    before = [p.detach().clone() for p in m.parameters()]
+    buffers = {k: v["momentum_buffer"].clone() for k, v in opt.state_dict()["state"].items()}
+    X, y = data(torch.float64)
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(m(X), y).backward()
+    m[2].weight.grad[3, 1] = float("nan")
+    with pytest.warns(RuntimeWarning, match=r"skipped optimizer step: non-finite gradient"):
+        opt.step()
+    assert opt.skipped_steps == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    state = opt.state_dict()["state"]
+    assert all(torch.equal(buffers[k], state[k]["momentum_buffer"]) and state[k]["step"] == 3 for k in buffers)
+
+
 @ro.transform(fusable="matrix")
 def _per_matrix_with_state() -> ro.Transform:
     """A per-matrix primitive with per-parameter state, which the fused path refuses."""
