@@ -12,3 +12,13 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """256 of scikit-learn's digits as float64 inputs in [0, 1] and their labels: the optimizer
+    parity tests' data."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    return torch.tensor(X[:256] / 16.0, dtype=torch.float64), torch.tensor(y[:256])

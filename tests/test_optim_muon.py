@@ -12,47 +12,10 @@ import io
 
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 import ravine.optim as ro
+from _parity import STEPS, assert_models_close, make_model
 from ravine.optim.muon import NS_COEFFICIENTS, newton_schulz
-
-STEPS = 100
-
-
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    return torch.tensor(X[:256] / 16.0, dtype=torch.float64), torch.tensor(y[:256])
-
-
-def make_model():
-    torch.manual_seed(1)
-    return torch.nn.Sequential(torch.nn.Linear(64, 24), torch.nn.Tanh(), torch.nn.Linear(24, 10)).double()
-
-
-def groups(model, lr):
-    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
-    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
-    return [{"params": weights}, {"params": biases, "lr": lr * 0.5, "weight_decay": 0.0}]
-
-
-def train(model, opt, digits, steps=STEPS):
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=25, gamma=0.5)
-    X, y = digits
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, len(X), (64,), generator=g)
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
-        opt.step()
-        sched.step()
-    return model
-
-
-def assert_models_close(a, b, atol=1e-10):
-    for (name, x), y in zip(a.named_parameters(), b.parameters()):
-        assert torch.allclose(x, y, rtol=0, atol=atol), (name, (x - y).abs().max().item())
 
 
 def _step(model, opt, X, y, idx):

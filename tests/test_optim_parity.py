@@ -9,18 +9,10 @@ import itertools
 
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 import ravine.optim as ro
 
 STEPS = 100
-
-
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    X = torch.tensor(X[:256] / 16.0, dtype=torch.float64)
-    return X, torch.tensor(y[:256])
 
 
 def make_model():

@@ -14,7 +14,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 import ravine.optim as ro
 import ravine.simulate as sim
@@ -23,12 +22,6 @@ schedulefree = pytest.importorskip("schedulefree")
 pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
 
 STEPS = 120
-
-
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    return torch.tensor(X[:256] / 16.0, dtype=torch.float64), torch.tensor(y[:256])
 
 
 def make_model():
