@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ._constraints import check_hyper
 from .adapter import Optimizer
+from .alias import _betas
 from .base import (
     Hyper,
     Params,
@@ -33,7 +34,6 @@ from .base import (
     transform,
     zeros_like,
 )
-from .lion import _pair
 from .transforms import add_decayed_weights, add_l2, scale, scale_by_learning_rate
 
 __all__ = ["scale_by_adopt", "adopt", "ADOPT"]
@@ -152,7 +152,7 @@ def _reference_adopt(
     """:func:`adopt` under pytorch-optimizer's names (``betas``), so param groups may set them."""
     where = "ADOPT: "
     check_hyper("lr", lr, where=where)
-    b1, b2 = _pair(betas, where)
+    b1, b2 = _betas(betas, where)
     t = adopt(lr, b1, b2, eps, weight_decay, decoupled_weight_decay, clip_exponent)
     return chain(scale(-1.0), t) if maximize else t
 

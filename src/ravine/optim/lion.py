@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ._constraints import check_hyper
 from .adapter import Optimizer
+from .alias import _betas
 from .base import Hyper, Params, State, Transform, chain, is_number, lerp_, resolve, transform, zeros_like
 from .transforms import add_decayed_weights, scale, scale_by_learning_rate
 
@@ -78,16 +79,6 @@ def lion(lr: Hyper = 1e-4, b1: Hyper = 0.9, b2: Hyper = 0.99, weight_decay: Hype
     return chain(scale_by_lion(b1, b2), add_decayed_weights(weight_decay), scale_by_learning_rate(lr))
 
 
-def _pair(betas, where: str) -> tuple:
-    try:
-        b1, b2 = betas
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}betas must be a pair (beta1, beta2), got {betas!r}") from None
-    check_hyper("betas[0]", b1, where=where, key="betas")
-    check_hyper("betas[1]", b2, where=where, key="betas")
-    return b1, b2
-
-
 @transform()
 def _reference_lion(
     lr: Hyper = 1e-4, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0, maximize: bool = False
@@ -95,7 +86,7 @@ def _reference_lion(
     """:func:`lion` under pytorch-optimizer's names (``betas``), so param groups may set them."""
     where = "Lion: "
     check_hyper("lr", lr, where=where)
-    b1, b2 = _pair(betas, where)
+    b1, b2 = _betas(betas, where)
     t = lion(lr, b1, b2, weight_decay)
     return chain(scale(-1.0), t) if maximize else t
 

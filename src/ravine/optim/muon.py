@@ -29,9 +29,8 @@ from torch import Tensor, nn
 from .._validation import Options, check
 from ._constraints import CONSTRAINTS, check_hyper, check_option
 from .adapter import Optimizer
-from .alias import adamw
+from .alias import _betas, adamw
 from .base import Hyper, Params, State, Transform, chain, is_number, transform
-from .lion import _pair
 from .transforms import add_decayed_weights, scale_by_learning_rate, trace
 
 __all__ = [
@@ -479,7 +478,7 @@ class MuonWithAdamW(Optimizer):
             params = muon_param_groups(
                 params, lr=lr, weight_decay=weight_decay, adamw_lr=adamw_lr, adamw_weight_decay=adamw_weight_decay
             )
-        b1, b2 = _pair(betas, "MuonWithAdamW: ")
+        b1, b2 = _betas(betas, "MuonWithAdamW: ")
         t = muon_with_adamw(lr, momentum, True, 5, NS_COEFFICIENTS, weight_decay, adjust_lr, b1, b2, eps)
         super().__init__(params, t, nonfinite=nonfinite, fused=fused)
 
