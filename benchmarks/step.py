@@ -28,7 +28,8 @@ m: 20 bytes); ``sfadamw`` (Schedule-Free AdamW in train mode) against the ``sche
 ``AdamWScheduleFree`` (reads y, g, z, v, writes y, z, v: 28 bytes; ravine's chain is not fusable, so
 it runs unfused) and heavyball's compiled ``SFAdamW``; ``muon`` splits the GPT-2 set as a user would,
 with ``muon_param_groups`` (hidden matrices to Muon, embeddings and vectors to AdamW) and compares
-``MuonWithAdamW`` (unfused; ``fused=None``: the AdamW group fused, Muon unfused) against
+``MuonWithAdamW`` (unfused; ``"flat"``: eager Newton-Schulz on each matrix's view of the flat
+buffers; ``True``: compiled and batched per shape) against
 ``torch.optim.Muon`` + fused ``torch.optim.AdamW`` on the same split and heavyball's compiled
 ``Muon`` + ``AdamW`` (its Newton-Schulz products dominate: no GB/s; on the GPT-2 sets only).
 heavyball (in the ``bench`` extra) sets ``p.grad = None`` after each step, so its contestants get
@@ -262,7 +263,8 @@ def contestants(kind: str) -> dict[str, Callable]:
         return {
             "torch Muon+AdamW": muon_torch,
             "ravine unfused": muon_ravine(False),
-            "ravine fused": muon_ravine(None),
+            "ravine flat": muon_ravine("flat"),
+            "ravine fused": muon_ravine(True),
             "heavyball": muon_heavyball,
         }
     if kind == "clip+adamw":
