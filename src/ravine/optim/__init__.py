@@ -21,8 +21,10 @@ and the web API's bounds both come from it).
 Only torch, numpy and ravine's pure private helpers are imported here (the core layer). The
 modules: :mod:`~ravine.optim.base` (``Transform``, ``chain``, list ops), :mod:`~ravine.optim.transforms`
 (the primitives), :mod:`~ravine.optim.alias` (the named optimizers), :mod:`~ravine.optim.adapter` (the
-torch ``Optimizer``), :mod:`~ravine.optim.fused` (its flat-buffer and compiled path); private:
-``_constraints`` (the ranges), ``_state`` (where a chain's state lives in a torch optimizer).
+torch ``Optimizer``), :mod:`~ravine.optim.fused` (its flat-buffer and compiled path); one module
+each for today's optimizers beyond the chapter: ``lion``, ``adopt``, ``adafactor``, ``muon``,
+``schedule_free``, ``soap``; private: ``_constraints`` (the ranges), ``_state`` (where a chain's
+state lives in a torch optimizer).
 """
 
 from ._constraints import CONSTRAINTS
