@@ -303,3 +303,57 @@ def test_exports_png_json_and_python(page, server_url, tmp_path):
     compile(code, "snippet.py", "exec")
     pg.click("#btn-python-close")
     assert not pg.problems, "\n".join(pg.problems)
+
+
+def _load(pg, url) -> None:
+    pg.goto(url)
+    pg.wait_for_function("window.__ravine && window.__ravine.renders > 0 && window.__ravine.result()", timeout=30_000)
+
+
+def test_scrub_slider_moves_to_the_chosen_step(page, server_url):
+    """Issue 15 item 1: keys and a scripted input on the step slider move the frame (they snapped back)."""
+    pg = page
+    _load(pg, server_url)
+    steps = pg.evaluate("window.__ravine.result().steps")
+    label = pg.locator("#frame-label")
+    sync_api.expect(label).to_have_text(f"{steps} / {steps}")
+    scrub = pg.locator("#scrub")
+    scrub.focus()
+    pg.keyboard.press("Home")
+    sync_api.expect(label).to_have_text(f"0 / {steps}")
+    pg.keyboard.press("ArrowRight")
+    pg.keyboard.press("ArrowRight")
+    sync_api.expect(label).to_have_text(f"2 / {steps}")
+    assert scrub.input_value() == "2"
+    pg.evaluate(
+        "() => { const s = document.getElementById('scrub'); s.value = '57';"
+        " s.dispatchEvent(new Event('input', {bubbles: true})); }"
+    )
+    sync_api.expect(label).to_have_text(f"57 / {steps}")
+    assert scrub.input_value() == "57"
+    # the drawn trajectories end at step 57 (58 points) and the loss plot's cursor is there
+    assert {len(t["x"]) for t in _trajectory_traces(pg)} == {58}
+    assert pg.evaluate("document.getElementById('plot-loss').layout.shapes[0].x0") == 57
+    assert not pg.problems, "\n".join(pg.problems)
+
+
+def test_changing_the_surface_keeps_the_users_learning_rate(page, server_url):
+    """Issue 15 item 2: a new surface used to replace every lr with the surface's suggestion."""
+    pg = page
+    _load(pg, server_url)
+    card = pg.locator("#optimizers .opt").nth(1)
+    assert pg.evaluate("window.__ravine.state().optimizers[1].name") == "momentum"
+    n = _renders(pg)
+    card.locator("input[data-hp-num=lr]").fill("0.0123")
+    card.locator("input[data-hp-num=lr]").press("Enter")
+    _wait_render(pg, n)
+    pg.wait_for_function("window.__ravine.result().runs[1].hyperparams.lr === 0.0123", timeout=20_000)
+    hp_before = pg.evaluate("window.__ravine.state().optimizers.map(o => ({...o.hyperparams}))")
+    pg.select_option("#surface-select", "valley")
+    pg.wait_for_function("window.__ravine.result().surface === 'valley'", timeout=20_000)
+    pg.wait_for_function("document.getElementById('contour').layout.title.text === 'valley'", timeout=20_000)
+    assert pg.evaluate("window.__ravine.state().optimizers.map(o => ({...o.hyperparams}))") == hp_before
+    runs = pg.evaluate("window.__ravine.result().runs")
+    assert [r["hyperparams"]["lr"] for r in runs] == [h["lr"] for h in hp_before]
+    assert card.locator("input[data-hp-num=lr]").input_value() == "0.0123"
+    assert not pg.problems, "\n".join(pg.problems)

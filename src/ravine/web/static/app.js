@@ -822,7 +822,8 @@ function selectSurface(name) {
   $("expression-error").hidden = true;
   renderSurfaceParams();
   saveHash();
-  loadSurface(true);
+  // the user's hyperparameters (learning rates included) are kept: a new surface changes no setting
+  loadSurface(false).then(() => requestRun(0));
 }
 async function checkExpression() {
   const input = $("expression");
@@ -958,7 +959,8 @@ function wire() {
   $("btn-play").addEventListener("click", () => (anim.playing ? pause() : play()));
   $("btn-rewind").addEventListener("click", () => { pause(); setFrame(0); });
   $("btn-step").addEventListener("click", () => { pause(); setFrame(currentFrame() + 1); });
-  $("scrub").addEventListener("input", () => { pause(); setFrame(Number($("scrub").value)); });
+  // read the scrubbed position before pause() redraws the transport with the current frame
+  $("scrub").addEventListener("input", () => { const f = Number($("scrub").value); pause(); setFrame(f); });
   $("speed").addEventListener("change", () => { state.speed = Number($("speed").value); saveHash(); });
   $("contour").addEventListener("click", onContourClick);
   $("btn-sweep").addEventListener("click", runSweep);
