@@ -12,6 +12,7 @@ Debian's ``chromium``; never a downloaded browser) or Playwright for Python is m
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import socket
 import threading
@@ -221,8 +222,14 @@ def test_playground_end_to_end(page, server_url, tmp_path):
     h = np.array([[1200 * x0**2 - 400 * y0 + 2, -400 * x0], [-400 * x0, 200.0]])
     lam_max = np.linalg.eigvalsh(h)[-1]
     assert pg.evaluate("window.__ravine.curvature().stability_lr") == pytest.approx(2 / lam_max, rel=1e-9)
-    mark = pg.locator("#optimizers .opt").nth(2).locator("[data-stab]")
-    assert mark.is_visible() and "2/" in mark.get_attribute("title")
+    # each optimizer its own limit: GD's 2/lambda_max is marked; Adam has none and says so
+    mark = pg.locator("#optimizers .opt").nth(0).locator("[data-stab]")
+    sync_api.expect(mark).to_be_visible()
+    assert "2/λmax" in mark.get_attribute("title")
+    sync_api.expect(pg.locator("#optimizers .opt").nth(2).locator("[data-stab]")).to_be_hidden()
+    assert "no fixed lr limit" in pg.locator("#optimizers .opt").nth(2).locator(".slider-wrap").first.get_attribute(
+        "title"
+    )
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for path in (tmp_path / "playground.png", ARTIFACTS / "playground.png"):
@@ -356,4 +363,51 @@ def test_changing_the_surface_keeps_the_users_learning_rate(page, server_url):
     runs = pg.evaluate("window.__ravine.result().runs")
     assert [r["hyperparams"]["lr"] for r in runs] == [h["lr"] for h in hp_before]
     assert card.locator("input[data-hp-num=lr]").input_value() == "0.0123"
+    assert not pg.problems, "\n".join(pg.problems)
+
+
+def test_each_optimizer_gets_its_own_stability_mark(page, server_url):
+    """Issue 15 item 3: the 2/lambda_max mark sat on every lr slider, momentum's and Adam's included.
+
+    On the valley f = (x^2 + 25 y^2) / 2 (lambda_max = 25): GD's limit is 2/25; EMA momentum's (heavy ball at
+    lr (1 - beta) lr) is 2 (1 + beta) / ((1 - beta) 25); Adam has none. Momentum at lr 0.5, far right of GD's
+    mark, converges in the run the server computes.
+    """
+    import json
+    from urllib.parse import quote
+
+    state = {
+        "surface": {"name": "valley", "params": {"condition": 25.0}, "expression": None},
+        "start": [-1.5, 0.5],
+        "steps": 200,
+        "probe": [-1.5, 0.5],
+        "optimizers": [
+            {"name": "gd", "color": "#2f5fd0", "hyperparams": {"lr": 0.05}},
+            {"name": "momentum", "color": "#d0452f", "hyperparams": {"lr": 0.5, "beta": 0.9, "form": "ema"}},
+            {"name": "adam", "color": "#2f9d55", "hyperparams": {"lr": 0.05}},
+        ],
+    }
+    pg = page
+    pg.goto(server_url + "#" + quote(json.dumps(state)))
+    pg.wait_for_function("window.__ravine && window.__ravine.curvature() && window.__ravine.result()", timeout=30_000)
+    limits = pg.evaluate("window.__ravine.curvature().limits")
+    assert limits[0]["lr"] == pytest.approx(2 / 25, rel=1e-12)
+    assert limits[1]["lr"] == pytest.approx(2 * 1.9 / (0.1 * 25), rel=1e-12)
+    assert limits[2]["lr"] is None and "no fixed lr limit" in limits[2]["rule"]
+    run = pg.evaluate("window.__ravine.result().runs[1]")
+    assert run["hyperparams"]["lr"] > limits[0]["lr"] and not run["diverged"] and run["steps_to_tol"] is not None
+    cards = pg.locator("#optimizers .opt")
+    gd_mark, mom_mark = cards.nth(0).locator("[data-stab]"), cards.nth(1).locator("[data-stab]")
+    sync_api.expect(gd_mark).to_be_visible()
+    sync_api.expect(mom_mark).to_be_visible()
+    assert "gradient descent" in gd_mark.get_attribute("title")
+    assert "EMA momentum" in mom_mark.get_attribute("title") and "2/λmax" not in mom_mark.get_attribute("title")
+    assert gd_mark.bounding_box()["x"] < mom_mark.bounding_box()["x"]  # 0.08 left of 1.52 on the log slider
+    sync_api.expect(cards.nth(2).locator("[data-stab]")).to_be_hidden()
+    # a new beta moves momentum's limit: 2 (1 + 0.5) / (0.5 * 25) = 0.24
+    beta = cards.nth(1).locator("input[data-hp-num=beta]")
+    beta.fill("0.5")
+    beta.press("Enter")
+    pg.wait_for_function("Math.abs(window.__ravine.curvature().limits[1].lr - 0.24) < 1e-12", timeout=20_000)
+    sync_api.expect(mom_mark).to_have_attribute("title", re.compile("β = 0.5"))
     assert not pg.problems, "\n".join(pg.problems)

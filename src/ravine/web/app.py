@@ -395,6 +395,63 @@ def compute_sweep(req: models.SweepRequest) -> dict[str, Any]:
     }
 
 
+def stability_limit(spec: models.OptimizerSpec, lambda_max: float | None) -> dict[str, Any]:
+    """One optimizer's largest stable learning rate at curvature ``lambda_max`` (``ravine.curvature.max_stable_lr``).
+
+    The rule is the library's, on the local quadratic model, mapped to the optimizer's own form:
+
+    - ``gd`` (and ``sgd`` without momentum): ``2 / lambda_max``;
+    - heavy ball (``sgd`` with momentum ``mu``; ``momentum`` with ``form="heavy_ball"``, dampening ``d``):
+      ``2 (1 + beta) / ((1 - d) lambda_max)``; ``sgd``'s L2 weight decay ``wd`` adds ``wd`` to every
+      eigenvalue;
+    - EMA momentum (``momentum``, ``form="ema"``): heavy ball at lr ``lr (1 - beta)``, so
+      ``2 (1 + beta) / ((1 - beta) lambda_max)``;
+    - Nesterov momentum and every adaptive optimizer (Adam, RMSProp, ...): no fixed limit (``lr`` null):
+      the preconditioner rescales each step, so the limit is on the preconditioned curvature.
+
+    Args:
+        spec: the optimizer, with the hyperparameters it overrides (the rest are the library's defaults).
+        lambda_max: the largest Hessian eigenvalue at the point (``None`` where H is not finite).
+
+    Returns:
+        ``{"name", "lr", "rule"}``: the limit (``None`` where none exists, or ``lambda_max <= 0``) and the rule.
+    """
+    hp = {**ro.get(spec.name).hyperparams, **spec.hyperparams}
+    name = spec.name
+
+    def out(scale: float, rule: str, beta: float | None = None, shift: float = 0.0) -> dict[str, Any]:
+        lr = None
+        if lambda_max is not None:
+            curvature = (lambda_max + shift) * scale
+            lr = max_stable_lr(curvature) if beta is None else max_stable_lr(curvature, "momentum", beta1=beta)
+        if lr is None and lambda_max is not None:
+            rule += ": no positive curvature, no lr limit here"
+        return {"name": name, "lr": lr, "rule": rule}
+
+    if name == "gd":
+        return out(1.0, "2/λmax (gradient descent)")
+    if name == "sgd" and not hp.get("nesterov"):
+        mu, wd = float(hp.get("momentum", 0.0)), float(hp.get("weight_decay", 0.0))
+        extra = f" + {wd:g}" if wd else ""
+        if mu == 0:
+            return out(1.0, f"2/(λmax{extra}) (gradient descent)", shift=wd)
+        return out(1.0, f"2(1+μ)/(λmax{extra}) (heavy ball, μ = {mu:g})", beta=mu, shift=wd)
+    if name == "momentum" and not hp.get("nesterov"):
+        beta = float(hp["beta"])
+        if hp.get("form") == "heavy_ball":
+            d = float(hp.get("dampening", 0.0))
+            damp = f"(1−{d:g})" if d else ""
+            return out(1.0 - d, f"2(1+β)/({damp}λmax) (heavy ball, β = {beta:g})", beta=beta)
+        return out(1.0 - beta, f"2(1+β)/((1−β)λmax) (EMA momentum, β = {beta:g})", beta=beta)
+    if name in ("sgd", "momentum", "nesterov"):
+        return {"name": name, "lr": None, "rule": "no closed-form lr limit drawn for Nesterov momentum"}
+    return {
+        "name": name,
+        "lr": None,
+        "rule": f"no fixed lr limit: {name} preconditions its steps (the limit is on the preconditioned curvature)",
+    }
+
+
 def compute_curvature(req: models.CurvatureRequest) -> dict[str, Any]:
     """Hessian H of the surface at ``point`` (exact, by autograd) and its eigen-decomposition.
 
@@ -402,7 +459,8 @@ def compute_curvature(req: models.CurvatureRequest) -> dict[str, Any]:
     max|lambda| / min|lambda| (null when min|lambda| is within ``1e-12 max|lambda|`` of 0).
     ``stability_lr`` is ``ravine.curvature.max_stable_lr`` (2 / lambda_max for gradient descent on
     the local quadratic model) and ``kind`` is ``ravine.curvature.critical_point_kind`` (minimum,
-    maximum, saddle, degenerate; "undefined" where H is not finite).
+    maximum, saddle, degenerate; "undefined" where H is not finite). ``limits`` holds
+    :func:`stability_limit` for each optimizer of the request.
     """
     surface = req.surface.surface
     xy = torch.tensor(req.point, dtype=torch.float64)
@@ -418,6 +476,7 @@ def compute_curvature(req: models.CurvatureRequest) -> dict[str, Any]:
         "lambda_max": None,
         "stability_lr": None,
         "kind": "undefined",
+        "limits": [stability_limit(spec, None) for spec in req.optimizers],
     }
     if not bool(torch.isfinite(H).all()):
         return out
@@ -431,6 +490,7 @@ def compute_curvature(req: models.CurvatureRequest) -> dict[str, Any]:
         lambda_max=lam[1],
         stability_lr=max_stable_lr(lam[1]),
         kind=critical_point_kind(lam, tol=1e-12),
+        limits=[stability_limit(spec, lam[1]) for spec in req.optimizers],
     )
     return out
 

@@ -614,10 +614,15 @@ class SweepRequest(_RunCommon):
 
 
 class CurvatureRequest(_Strict):
-    """The Hessian of a surface at one point."""
+    """The Hessian of a surface at one point (and, for each optimizer given, its learning-rate limit there)."""
 
     surface: SurfaceSpec = Field(default_factory=lambda: SurfaceSpec())
     point: Point
+    optimizers: list[OptimizerSpec] = Field(
+        default_factory=list,
+        max_length=MAX_OPTIMIZERS,
+        description="optimizers whose stability limit at the point to report in ``limits`` (same order)",
+    )
 
 
 class ExpressionCheck(_Strict):
@@ -741,6 +746,14 @@ class SweepOut(BaseModel):
     elapsed_ms: float
 
 
+class StabilityLimitOut(BaseModel):
+    """One optimizer's largest stable learning rate on the local quadratic model, and the rule it comes from."""
+
+    name: str
+    lr: MaybeFloat = Field(..., description="the limit; null where no fixed lr limit exists or lambda_max <= 0")
+    rule: str = Field(..., description="the rule in words, e.g. '2(1+beta)/lambda_max (heavy ball, beta = 0.9)'")
+
+
 class CurvatureOut(BaseModel):
     """The Hessian at a point, its eigen-decomposition, kind of point and gradient descent's lr limit."""
 
@@ -754,6 +767,9 @@ class CurvatureOut(BaseModel):
     lambda_max: MaybeFloat
     stability_lr: MaybeFloat = Field(..., description="2 / lambda_max: GD diverges along v_max above it")
     kind: Literal["minimum", "maximum", "saddle", "degenerate", "undefined"]
+    limits: list[StabilityLimitOut] = Field(
+        default_factory=list, description="one per requested optimizer: its largest stable lr at the point"
+    )
 
 
 class HyperparamOut(BaseModel):

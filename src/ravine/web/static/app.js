@@ -160,6 +160,8 @@ function trajectoryRequest() {
 function requestRun(delay = 40) {
   saveHash();
   debounce("run", delay, runTrajectories);
+  // each optimizer's lr limit at the probed point depends on its hyperparameters: ask again
+  if (state.probe) debounce("probe", Math.max(delay, 60), () => probe(state.probe));
 }
 async function runTrajectories() {
   if (!state.optimizers.length) {
@@ -571,13 +573,19 @@ function drawStabilityMarks() {
     const mark = card.querySelector("[data-stab]");
     if (!o || !mark) return;
     const h = lrInfo(o.name);
-    const lr = lastCurv && lastCurv.stability_lr;
+    // the server's limit for this optimizer (its own rule, from its hyperparameters); none while stale
+    const limits = lastCurv && lastCurv.limits;
+    const lim = limits && limits.length === state.optimizers.length && limits[i].name === o.name ? limits[i] : null;
+    const wrap = mark.parentElement;
+    if (lim) wrap.title = lim.lr === null ? lim.rule : `${lim.rule} = ${fmt(lim.lr)}`;
+    else wrap.removeAttribute("title");
+    const lr = lim && lim.lr;
     if (!h || !lr || lr < h.min || lr > h.max) { mark.hidden = true; return; }
     const f = (Math.log10(lr) - Math.log10(h.min)) / (Math.log10(h.max) - Math.log10(h.min));
     mark.hidden = false;
     // the thumb's centre travels from 8px to width-8px
     mark.style.left = `calc(${(f * 100).toFixed(2)}% + ${(8 - 16 * f).toFixed(1)}px - 1px)`;
-    mark.title = `2/λmax = ${fmt(lr)}: gradient descent is unstable above this lr at the probed point`;
+    mark.title = `${lim.rule} = ${fmt(lr)}: ${labels()[i]} is unstable above this lr at the probed point`;
   });
 }
 
@@ -789,7 +797,9 @@ async function probe(point) {
   state.probe = point;
   saveHash();
   try {
-    const data = await api("curv", "/api/curvature", { surface: surfaceSpec(), point });
+    const names = labels();
+    const optimizers = state.optimizers.map((o, i) => ({ name: o.name, label: names[i], hyperparams: o.hyperparams }));
+    const data = await api("curv", "/api/curvature", { surface: surfaceSpec(), point, optimizers });
     if (!data) return;
     lastCurv = data;
     const ev = data.eigenvalues;
@@ -802,6 +812,7 @@ async function probe(point) {
       `condition    κ = ${fmt(data.condition_number)}`,
       `2/λmax       ${data.stability_lr === null ? "— (λmax ≤ 0: no GD limit here)" : fmt(data.stability_lr)}`,
       `kind         ${data.kind}`,
+      ...data.limits.map((l, i) => `lr limit     ${names[i]}: ${l.lr === null ? "none" : fmt(l.lr)} (${l.rule})`),
     ];
     $("curv-info").textContent = lines.join("\n");
     drawContour();
