@@ -411,3 +411,35 @@ def test_each_optimizer_gets_its_own_stability_mark(page, server_url):
     pg.wait_for_function("Math.abs(window.__ravine.curvature().limits[1].lr - 0.24) < 1e-12", timeout=20_000)
     sync_api.expect(mom_mark).to_have_attribute("title", re.compile("β = 0.5"))
     assert not pg.problems, "\n".join(pg.problems)
+
+
+def test_a_run_that_stalls_on_a_saddle_is_not_reported_ok(page, server_url):
+    """Issue 15 item 4: GD on f = x^2 - y^2 from the x axis reaches the saddle's loss and was reported "ok".
+
+    The Hessian there is diag(2, -2), indefinite (second-derivative test): a saddle. On the bowl the same
+    optimizer ends at the minimum (Hessian diag(1, 2)).
+    """
+    import json
+    from urllib.parse import quote
+
+    state = {
+        "surface": {"name": "saddle", "params": {}, "expression": None},
+        "steps": 200,
+        "optimizers": [{"name": "gd", "color": "#2f5fd0", "hyperparams": {"lr": 0.1}}],
+    }
+    pg = page
+    pg.goto(server_url + "#" + quote(json.dumps(state)))
+    pg.wait_for_function("window.__ravine && window.__ravine.result()", timeout=30_000)
+    run = pg.evaluate("window.__ravine.result().runs[0]")
+    assert run["y"][-1] == 0.0 and abs(run["x"][-1]) < 1e-6  # GD on x^2 - y^2 from y = 0 never leaves y = 0
+    assert run["end"] == "saddle"
+    row = pg.locator("#summary tr").nth(1)
+    sync_api.expect(row).to_contain_text("stalled at a saddle")
+    assert "ok" not in row.inner_text().split()
+    n = _renders(pg)
+    pg.select_option("#surface-select", "bowl")
+    _wait_render(pg, n)
+    pg.wait_for_function("window.__ravine.result().surface === 'bowl'", timeout=20_000)
+    assert pg.evaluate("window.__ravine.result().runs[0].end") == "minimum"
+    sync_api.expect(pg.locator("#summary tr").nth(1)).to_contain_text("at a minimum")
+    assert not pg.problems, "\n".join(pg.problems)

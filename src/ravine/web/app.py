@@ -276,6 +276,43 @@ def _run_keys(req: models.TrajectoryRequest) -> list[str]:
     return [shared + "|" + json.dumps(o.to_sim(), sort_keys=True) for o in req.optimizers]
 
 
+#: A run has stalled (reached a critical point) when the gradient at its end is this fraction of the
+#: gradient at its start, or smaller.
+STALL_RATIO = 1e-3
+
+
+def end_point(surface: rs.Surface, position: np.ndarray, grad_norm0: float, diverged: bool) -> str:
+    """Where a run ended: ``"diverged"``, ``"moving"``, or the kind of critical point it stalled at.
+
+    A run has stalled when ``|grad f|`` at its last position is at most :data:`STALL_RATIO` times the
+    gradient norm at its start (or below ``1e-12``); the point is then classified by the Hessian's
+    eigenvalues (``ravine.curvature.critical_point_kind``): ``"minimum"``, ``"saddle"``,
+    ``"maximum"``, or ``"plateau"`` (a zero eigenvalue and no sign change: the second-derivative test
+    is inconclusive, the surface is flat there).
+
+    Args:
+        surface: the surface the run was on.
+        position: the run's last position ``(x, y)``.
+        grad_norm0: the norm of the gradient at the run's start.
+        diverged: whether the run diverged.
+
+    Returns:
+        One of ``"diverged"``, ``"moving"``, ``"minimum"``, ``"saddle"``, ``"maximum"``, ``"plateau"``.
+    """
+    if diverged or not np.isfinite(position).all():
+        return "diverged"
+    xy = torch.tensor([float(position[0]), float(position[1])], dtype=torch.float64)
+    g = float(torch.linalg.vector_norm(surface.grad(xy).detach().to(torch.float64)))
+    g0 = grad_norm0 if math.isfinite(grad_norm0) else 0.0
+    if not math.isfinite(g) or g > max(STALL_RATIO * g0, 1e-12):
+        return "moving"
+    H = surface.hessian(xy).detach().to(torch.float64)
+    if not bool(torch.isfinite(H).all()):
+        return "moving"
+    kind = critical_point_kind(torch.linalg.eigvalsh(0.5 * (H + H.T)), tol=1e-12)
+    return "plateau" if kind == "degenerate" else kind
+
+
 def _simulate(req: models.TrajectoryRequest, which: list[int]) -> list[dict[str, Any]]:
     """The runs of optimizers ``which`` of ``req``, simulated together by one ``ravine.simulate.run``."""
     trajectories = sim.run(
@@ -301,6 +338,12 @@ def _simulate(req: models.TrajectoryRequest, which: list[int]) -> list[dict[str,
             "clipped": np.flatnonzero(np.asarray(trajectories.clipped[j])),
             "diverged_at": int(trajectories.diverged_at[j]),
             "steps_to_tol": int(trajectories.steps_to_tol[j]),
+            "end": end_point(
+                req.surface.surface,
+                np.asarray(trajectories.positions[j][-1], dtype=np.float64),
+                float(trajectories.grad_norms[j][0]),
+                int(trajectories.diverged_at[j]) >= 0,
+            ),
         }
         for j in range(len(which))
     ]
@@ -324,6 +367,7 @@ def _run_out(spec: models.OptimizerSpec, row: dict[str, Any]) -> dict[str, Any]:
         "diverged_at": _index_or_none(diverged_at),
         "steps_to_tol": _index_or_none(row["steps_to_tol"]),
         "final_loss": _finite_or_none(loss[-1]) if diverged_at < 0 else None,
+        "end": row["end"],
     }
 
 

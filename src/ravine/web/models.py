@@ -716,6 +716,9 @@ class RunOut(BaseModel):
     diverged_at: int | None = Field(None, description="first step whose position/loss was not finite")
     steps_to_tol: int | None = None
     final_loss: MaybeFloat = None
+    end: Literal["minimum", "saddle", "maximum", "plateau", "moving", "diverged"] = Field(
+        ..., description="where the run ended: the critical point it stalled at (by the Hessian), moving, or diverged"
+    )
 
 
 class TrajectoryOut(BaseModel):

@@ -376,8 +376,12 @@ function drawSummary() {
   t.append(el("tr", {}, el("th", {}, "optimizer"), el("th", {}, "final loss"), el("th", {}, "converged"),
     el("th", {}, "status")));
   lastResult.runs.forEach((r, i) => {
+    // the end point as the server classified it (Hessian at the last position, once the gradient has died out)
+    const end = { minimum: "at a minimum", saddle: "stalled at a saddle", maximum: "stalled at a maximum",
+      plateau: "stalled on a plateau", moving: "still moving" }[r.end];
+    const clipped = r.clipped_steps.length ? `, clipped ${r.clipped_steps.length}×` : "";
     const status = r.diverged ? el("span", { class: "diverged" }, `diverged at step ${r.diverged_at}`)
-      : r.clipped_steps.length ? `clipped ${r.clipped_steps.length}×` : "ok";
+      : el("span", { class: `end-${r.end}` }, end + clipped);
     t.append(el("tr", {},
       el("td", {}, el("span", { class: "swatch", style: `background:${runColor(i)}` }), r.label),
       el("td", { class: "num" }, fmt(r.final_loss)),
