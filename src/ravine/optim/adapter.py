@@ -31,11 +31,16 @@ The choices it makes, one per question a torch user asks:
   1e20s) are applied as torch applies them, unless the chain clips by the global norm: that norm
   is then ``inf`` (as ``clip_grad_norm_``'s, which would scale the gradients to 0) and the step is
   skipped with a warning that names the overflow (``"apply"``: clipped to 0, as torch does).
+- **Data parallel, not sharded.** Under ``DistributedDataParallel`` and inside torch's
+  ``ZeroRedundancyOptimizer`` every rank steps as one process on the global batch. Sharded
+  parameters (``DTensor``: FSDP2's ``fully_shard``, tensor parallelism) are refused with a
+  ``TypeError``: each rank would clip by the norm of its own shard only.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -89,6 +94,22 @@ def _scheduled(name: str, schedule: Callable[[int], float], step: int) -> float:
             f"a schedule must return a finite number"
         )
     return value
+
+
+def _check_not_sharded(params: list[Tensor], group: int) -> None:
+    """Refuse ``DTensor`` parameters (FSDP2, tensor parallelism), which the transforms don't support."""
+    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+    if dtensor is None:  # torch.distributed.tensor not imported: no parameter can be a DTensor
+        return
+    for i, p in enumerate(params):
+        if isinstance(p, dtensor):
+            raise TypeError(
+                f"param group {group}: params[{i}] is a DTensor (sharded by FSDP2's fully_shard or tensor "
+                f"parallelism), got placements {tuple(p.placements)}; ravine.optim.Optimizer supports plain tensors "
+                "only (global-norm clipping and the foreach/flat steps would see one shard), so use "
+                "DistributedDataParallel, "
+                "optionally with torch.distributed.optim.ZeroRedundancyOptimizer, or torch.optim under FSDP2"
+            )
 
 
 # what a transform may ask the optimizer to fill in (Transform.needs): name -> value from a group
@@ -197,6 +218,7 @@ class Optimizer(torch.optim.Optimizer):
                 f"{self.transform.name} accepts {sorted(self.transform.hyperparams)}"
             )
         super().add_param_group(param_group)
+        _check_not_sharded(self.param_groups[-1]["params"], len(self.param_groups) - 1)
         check_global_clip(self.transform, len(self.param_groups))
         group = self.param_groups[-1]
         schedules: dict[str, Callable[[int], float]] = {}
