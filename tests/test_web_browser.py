@@ -443,3 +443,43 @@ def test_a_run_that_stalls_on_a_saddle_is_not_reported_ok(page, server_url):
     assert pg.evaluate("window.__ravine.result().runs[0].end") == "minimum"
     sync_api.expect(pg.locator("#summary tr").nth(1)).to_contain_text("at a minimum")
     assert not pg.problems, "\n".join(pg.problems)
+
+
+def test_a_failed_expression_leaves_no_stale_surface(page, server_url):
+    """Issue 15 item 5: after an expression failed, the contour, title and dropdown still showed the old surface.
+
+    ``log(x)`` parses, but the loss at its default start (x < 0) is NaN: the server refuses the run (422).
+    """
+    pg = page
+    _load(pg, server_url)
+    assert pg.evaluate("document.getElementById('contour').layout.title.text") == "bowl"
+    pg.fill("#expression", "log(x) + y**2")
+    pg.wait_for_function(
+        "document.getElementById('contour').layout.title.text === 'f(x, y) = log(x) + y**2'", timeout=20_000
+    )
+    # the run's refusal is shown on the contour, and the bowl's runs are gone
+    pg.wait_for_function(
+        "document.getElementById('contour').layout.annotations.some(a => /loss at .*nan/i.test(a.text))",
+        timeout=20_000,
+    )
+    assert _trajectory_traces(pg) == []
+    assert pg.evaluate("window.__ravine.result()") is None
+    sync_api.expect(pg.locator("#surface-select")).to_have_value("(expression)")
+    # an expression that does not parse: no surface drawn at all, the error on the plot and under the field
+    pg.fill("#expression", "x**2 + import(y)")
+    pg.wait_for_selector("#expression-error:not([hidden])", timeout=10_000)
+    pg.wait_for_function(
+        "document.getElementById('contour').layout.title.text === 'f(x, y) = x**2 + import(y)'", timeout=20_000
+    )
+    assert pg.evaluate("document.getElementById('contour').data.filter(t => t.type === 'contour').length") == 0
+    sync_api.expect(pg.locator("#surface-select")).to_have_value("(expression)")
+    # clearing the field goes back to the built-in surface
+    n = _renders(pg)
+    pg.fill("#expression", "")
+    _wait_render(pg, n)
+    sync_api.expect(pg.locator("#surface-select")).to_have_value("bowl")
+    pg.wait_for_function("document.getElementById('contour').layout.title.text === 'bowl'", timeout=20_000)
+    assert len(_trajectory_traces(pg)) == 2
+    # Chromium logs the refused run (the 422 this test provokes); nothing else may be logged
+    problems = [p for p in pg.problems if "status of 422" not in p]
+    assert not problems, "\n".join(problems)

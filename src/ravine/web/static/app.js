@@ -18,6 +18,8 @@ let lastResult = null;     // last /api/trajectories response
 let lastSweep = null;      // last /api/sweep response
 let lastCurv = null;       // last /api/curvature response
 let surfaceInfo = null;    // SurfaceOut of the current surface (with grid)
+let viewError = null;      // {title, text}: why the contour shows no runs (a refused expression or run)
+const EXPRESSION_OPTION = "(expression)";  // the surface dropdown's entry while a typed expression is in use
 const inflight = {};       // kind -> AbortController
 const timers = {};
 const anim = { frame: null, playing: false, raf: null, last: 0, acc: 0 };
@@ -174,11 +176,16 @@ async function runTrajectories() {
     const data = await api("run", "/api/trajectories", trajectoryRequest());
     if (!data) return;
     lastResult = data;
+    viewError = null;
     if (!anim.playing) anim.frame = null;
     drawAll();
     window.__ravine.renders += 1;
   } catch (e) {
     showStatus("Trajectories: " + e.message, true, 6000);
+    // the runs drawn belong to the previous settings: clear them and say why nothing is drawn
+    lastResult = null;
+    viewError = { title: null, text: e.message };
+    drawAll();
   } finally {
     clearTimeout(busy);
     if (!inflight.run) $("busy").hidden = true;
@@ -304,14 +311,17 @@ function drawContour() {
       showlegend: false, hoverinfo: "skip", marker: { symbol: "diamond", size: 9, color: "#111" } });
   }
   const dom = surfaceInfo ? surfaceInfo.domain : [[-2, 2], [-2, 2]];
-  const title = surfaceInfo ? (surfaceInfo.expression ? `f(x, y) = ${surfaceInfo.expression}` : surfaceInfo.name) : "";
+  const title = viewError && viewError.title ? viewError.title
+    : surfaceInfo ? (surfaceInfo.expression ? `f(x, y) = ${surfaceInfo.expression}` : surfaceInfo.name) : "";
+  const notes = viewError ? [{ text: viewError.text, xref: "paper", yref: "paper", x: 0.5, y: 0.5, showarrow: false,
+    font: { color: "#b3261e", size: 13 }, bgcolor: "rgba(255,255,255,0.92)", bordercolor: "#b3261e", borderpad: 6 }] : [];
   const layout = {
     margin: { l: 46, r: 12, t: 34, b: 40 }, dragmode: false, hovermode: "closest",
     title: { text: title, font: { size: 14 }, x: 0.02 },
     xaxis: { range: dom[0], title: { text: "x" }, zeroline: false, showgrid: false },
     yaxis: { range: dom[1], title: { text: "y" }, zeroline: false, showgrid: false },
     legend: { x: 1, xanchor: "right", y: 1, bgcolor: "rgba(255,255,255,0.85)", bordercolor: "#e2e5eb", borderwidth: 1 },
-    annotations: curvatureAnnotations(),
+    annotations: curvatureAnnotations().concat(notes),
     paper_bgcolor: "#fff", plot_bgcolor: "#fff",
   };
   return Plotly.react("contour", traces, layout, { ...PLOT_CONFIG, scrollZoom: false });
@@ -827,8 +837,17 @@ async function probe(point) {
 }
 
 // ------------------------------------------------------------------------------------------ surface
+/* The surface dropdown names the surface in use: a built-in one, or "(expression)" while a typed one is. */
+function showSurfaceChoice(typed) {
+  const sel = $("surface-select");
+  sel.querySelector(`option[value="${EXPRESSION_OPTION}"]`).hidden = !typed;
+  sel.value = typed ? EXPRESSION_OPTION : state.surface.name;
+}
 function selectSurface(name) {
+  if (name === EXPRESSION_OPTION) return;
   state.surface = { name, params: {}, expression: null };
+  viewError = null;
+  showSurfaceChoice(false);
   state.start = null;
   state.probe = null;
   lastCurv = null;
@@ -847,7 +866,7 @@ async function checkExpression() {
   if (!text.trim()) {
     input.classList.remove("active", "invalid");
     errBox.hidden = true;
-    if (state.surface.expression) selectSurface($("surface-select").value);
+    if (state.surface.expression || viewError) selectSurface(state.surface.name);
     return;
   }
   try {
@@ -862,6 +881,15 @@ async function checkExpression() {
       const pos = data.position === null ? null : Math.min(data.position, text.length);
       errBox.textContent = pos === null ? data.error : `${text}\n${" ".repeat(pos)}^ ${data.error}`;
       errBox.hidden = false;
+      // the typed expression is what the user asked for: show no stale surface or runs in its place
+      showSurfaceChoice(true);
+      clearTimeout(timers.run);
+      if (inflight.run) inflight.run.abort();
+      surfaceInfo = null;
+      lastResult = null;
+      lastCurv = null;
+      viewError = { title: `f(x, y) = ${text}`, text: `not usable: ${data.error}` };
+      drawAll();
       return;
     }
     input.classList.remove("invalid");
@@ -871,7 +899,12 @@ async function checkExpression() {
     state.start = null;
     lastCurv = null;
     surfaceInfo = data.surface;
+    showSurfaceChoice(true);
+    // the previous surface's runs are not drawn over the new contour while this one's are computed
+    lastResult = null;
+    viewError = null;
     renderSurfaceParams();
+    drawAll();
     requestRun(0);
   } catch (e) {
     errBox.textContent = e.message;
@@ -1016,7 +1049,7 @@ function wire() {
 }
 
 function syncControls() {
-  $("surface-select").value = state.surface.name;
+  showSurfaceChoice(!!state.surface.expression);
   $("expression").value = state.surface.expression || "";
   $("expr-box").value = String(state.surface.box || 2);
   $("steps").value = String(state.steps);
@@ -1050,7 +1083,8 @@ async function init() {
     return;
   }
   $("surface-select").replaceChildren(...Object.values(catalog.surfaces).map((s) =>
-    el("option", { value: s.name, title: s.description }, s.name)));
+    el("option", { value: s.name, title: s.description }, s.name)),
+    el("option", { value: EXPRESSION_OPTION, hidden: true, disabled: true }, "typed expression"));
   $("add-name").replaceChildren(...catalog.optimizerList.map((n) => el("option", { value: n }, n)));
   $("add-name").value = catalog.optimizers.adam ? "adam" : catalog.optimizerList[0];
   $("schedule").replaceChildren(...Object.values(catalog.schedules).map((s) =>
