@@ -483,3 +483,31 @@ def test_a_failed_expression_leaves_no_stale_surface(page, server_url):
     # Chromium logs the refused run (the 422 this test provokes); nothing else may be logged
     problems = [p for p in pg.problems if "status of 422" not in p]
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("surface", ["valley", "rosenbrock"])
+def test_contour_has_a_one_to_one_aspect(page, server_url, surface):
+    """Issue 15 item 6: y was stretched 1.68x on the valley; a unit of y must be as long as a unit of x.
+
+    The drawn axes show the surface's whole domain (the server's ``domain``), each at the same pixels per unit.
+    """
+    pg = page
+    _load(pg, server_url)
+    n = _renders(pg)
+    pg.select_option("#surface-select", surface)
+    _wait_render(pg, n)
+    pg.wait_for_function(f"document.getElementById('contour').layout.title.text === '{surface}'", timeout=20_000)
+    axes = pg.evaluate(
+        """() => { const fl = document.getElementById('contour')._fullLayout;
+                   return {xr: fl.xaxis.range, yr: fl.yaxis.range, xl: fl.xaxis._length, yl: fl.yaxis._length}; }"""
+    )
+    px_x = axes["xl"] / (axes["xr"][1] - axes["xr"][0])
+    px_y = axes["yl"] / (axes["yr"][1] - axes["yr"][0])
+    assert px_y == pytest.approx(px_x, rel=0.01)
+    # the whole domain is still shown on both axes
+    dx, dy = pg.evaluate(
+        "async (name) => (await (await fetch('/api/surfaces')).json()).find(s => s.name === name).domain", surface
+    )
+    assert axes["xr"][0] <= dx[0] + 1e-9 and axes["xr"][1] >= dx[1] - 1e-9
+    assert axes["yr"][0] <= dy[0] + 1e-9 and axes["yr"][1] >= dy[1] - 1e-9
+    assert not pg.problems, "\n".join(pg.problems)

@@ -318,8 +318,10 @@ function drawContour() {
   const layout = {
     margin: { l: 46, r: 12, t: 34, b: 40 }, dragmode: false, hovermode: "closest",
     title: { text: title, font: { size: 14 }, x: 0.02 },
-    xaxis: { range: dom[0], title: { text: "x" }, zeroline: false, showgrid: false },
-    yaxis: { range: dom[1], title: { text: "y" }, zeroline: false, showgrid: false },
+    // 1:1: a unit of y is as long as a unit of x, so steps meet the contours at their true angles
+    xaxis: { range: dom[0], title: { text: "x" }, zeroline: false, showgrid: false, constrain: "domain" },
+    yaxis: { range: dom[1], title: { text: "y" }, zeroline: false, showgrid: false, scaleanchor: "x", scaleratio: 1,
+      constrain: "domain" },
     legend: { x: 1, xanchor: "right", y: 1, bgcolor: "rgba(255,255,255,0.85)", bordercolor: "#e2e5eb", borderwidth: 1 },
     annotations: curvatureAnnotations().concat(notes),
     paper_bgcolor: "#fff", plot_bgcolor: "#fff",
