@@ -511,3 +511,36 @@ def test_contour_has_a_one_to_one_aspect(page, server_url, surface):
     assert axes["xr"][0] <= dx[0] + 1e-9 and axes["xr"][1] >= dx[1] - 1e-9
     assert axes["yr"][0] <= dy[0] + 1e-9 and axes["yr"][1] >= dy[1] - 1e-9
     assert not pg.problems, "\n".join(pg.problems)
+
+
+def test_number_fields_and_links_carry_whole_clean_numbers(page, server_url):
+    """Issue 15 item 7: 1e-5 showed as "0.0000" (cut by the field) and links/exports carried 0.7000000000000002."""
+    from urllib.parse import unquote
+
+    pg = page
+    _load(pg, server_url)
+    card = pg.locator("#optimizers .opt").nth(1)
+    lr = card.locator("input[data-hp-num=lr]")
+    n = _renders(pg)
+    lr.fill("0.00001")
+    lr.press("Enter")
+    _wait_render(pg, n)
+    sync_api.expect(lr).to_have_value("1e-5")
+    assert lr.evaluate("e => e.scrollWidth <= e.clientWidth")  # the whole text fits: nothing cut
+    assert float(lr.input_value()) == 1e-5
+    beta = card.locator("input[data-hp-num=beta]")
+    n = _renders(pg)
+    beta.fill("0.7000000000000002")
+    beta.press("Enter")
+    _wait_render(pg, n)
+    sync_api.expect(beta).to_have_value("0.7")
+    pg.wait_for_function("window.__ravine.result().runs[1].hyperparams.beta === 0.7", timeout=20_000)
+    assert pg.evaluate("window.__ravine.result().runs[1].hyperparams.lr") == 1e-5
+    link = unquote(pg.evaluate("location.hash"))
+    assert '"beta":0.7,' in link and "0.7000000000000002" not in link
+    pg.click("#btn-python")
+    pg.wait_for_selector("#python-dialog[open]", timeout=10_000)
+    code = pg.input_value("#python-code")
+    assert "0.7000000000000002" not in code and "0.7" in code
+    pg.click("#btn-python-close")
+    assert not pg.problems, "\n".join(pg.problems)

@@ -61,6 +61,22 @@ function fmt(v, digits = 4) {
   if (a >= 1e4 || a < 1e-3) return v.toExponential(2);
   return Number(v.toPrecision(digits)).toString();
 }
+/* A number without binary float noise (0.7000000000000002 -> 0.7): 12 significant digits. */
+function clean(v) {
+  return Number.isFinite(v) && !Number.isInteger(v) ? Number(v.toPrecision(12)) : v;
+}
+/* JSON.stringify replacer: every number cleaned (URLs, requests, and so the Python export, carry no noise). */
+function cleanNumbers(_key, v) {
+  return typeof v === "number" ? clean(v) : v;
+}
+/* A number field's text: short and whole in a narrow field (1e-5, not 0.00001 cut to 0.0000). */
+function numText(v) {
+  if (typeof v !== "number" || !Number.isFinite(v) || v === 0) return String(v);
+  const a = Math.abs(v);
+  const r = Number(v.toPrecision(6));
+  if (a < 1e-3 || a >= 1e5) return r.toExponential().replace("e+", "e");
+  return String(r);
+}
 function debounce(key, ms, fn) {
   clearTimeout(timers[key]);
   timers[key] = setTimeout(fn, ms);
@@ -81,7 +97,8 @@ async function api(kind, path, body) {
   inflight[kind] = ctrl;
   try {
     const res = await fetch(path, body === undefined ? { signal: ctrl.signal } : {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal: ctrl.signal,
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body, cleanNumbers),
+      signal: ctrl.signal,
     });
     const data = await res.json();
     if (!res.ok) {
@@ -102,7 +119,7 @@ async function api(kind, path, body) {
 // ------------------------------------------------------------------------------------------ URL state
 function saveHash() {
   const s = { ...state, optimizers: state.optimizers.map(({ id, ...o }) => o) };
-  history.replaceState(null, "", "#" + encodeURIComponent(JSON.stringify(s)));
+  history.replaceState(null, "", "#" + encodeURIComponent(JSON.stringify(s, cleanNumbers)));
 }
 function loadHash() {
   if (location.hash.length < 2) return false;
@@ -524,17 +541,18 @@ function hyperparamRow(o, h) {
     const slider = el("input", { type: "range", min: lo, max: hi, step, "data-hp": h.name, "aria-label": h.name });
     slider.value = String(sliderPos(h, v));
     const num = el("input", { type: "number", class: "num", step: "any", "data-hp-num": h.name });
-    num.value = String(Number(Number(v).toPrecision(6)));
+    num.value = numText(Number(v));
     slider.addEventListener("input", () => {
       const val = sliderVal(h, Number(slider.value));
       o.hyperparams[h.name] = val;
-      num.value = String(val);
+      num.value = numText(val);
       requestRun(30);
     });
     num.addEventListener("change", () => {
       const val = Number(num.value);
-      if (!Number.isFinite(val)) { num.value = String(o.hyperparams[h.name]); return; }
-      o.hyperparams[h.name] = val;
+      if (!Number.isFinite(val)) { num.value = numText(o.hyperparams[h.name]); return; }
+      o.hyperparams[h.name] = clean(val);
+      num.value = numText(o.hyperparams[h.name]);
       slider.value = String(sliderPos(h, val));
       requestRun(0);
     });
@@ -1033,7 +1051,9 @@ function wire() {
   $("btn-png").addEventListener("click", () => Plotly.downloadImage("contour",
     { format: "png", width: 1000, height: 900, scale: 2, filename: "ravine-playground" }));
   $("btn-json").addEventListener("click", () => {
-    const payload = { state, request: trajectoryRequest(), response: lastResult, sweep: lastSweep, curvature: lastCurv };
+    const cleaned = (v) => JSON.parse(JSON.stringify(v, cleanNumbers));  // the settings as sent; results exact
+    const payload = { state: cleaned(state), request: cleaned(trajectoryRequest()), response: lastResult, sweep: lastSweep,
+      curvature: lastCurv };
     download("ravine-playground.json", new Blob([JSON.stringify(payload, null, 1)], { type: "application/json" }));
   });
   $("btn-python").addEventListener("click", showPython);
