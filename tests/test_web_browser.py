@@ -544,3 +544,49 @@ def test_number_fields_and_links_carry_whole_clean_numbers(page, server_url):
     assert "0.7000000000000002" not in code and "0.7" in code
     pg.click("#btn-python-close")
     assert not pg.problems, "\n".join(pg.problems)
+
+
+def _components(mask: np.ndarray) -> int:
+    """The number of 4-connected regions of True cells in ``mask``."""
+    seen = np.zeros_like(mask, dtype=bool)
+    count = 0
+    for i0, j0 in zip(*np.nonzero(mask)):
+        if seen[i0, j0]:
+            continue
+        count += 1
+        stack = [(i0, j0)]
+        seen[i0, j0] = True
+        while stack:
+            i, j = stack.pop()
+            for a, b in ((i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)):
+                if 0 <= a < mask.shape[0] and 0 <= b < mask.shape[1] and mask[a, b] and not seen[a, b]:
+                    seen[a, b] = True
+                    stack.append((a, b))
+    return count
+
+
+def test_lowest_contour_band_is_one_region_not_a_broken_line(page, server_url):
+    """Issue 15 item 8: Rosenbrock's lowest band drew as a dashed line along the valley floor.
+
+    The region drawn in the lowest colour (grid cells below the first level) must follow the valley floor
+    y = x^2 as one connected band: it holds the floor's points (0.5, 0.25) and (1.5, 2.25) (f = 0.25 there)
+    and the minimum (1, 1). A first level so close to the minimum that the band is thinner than the grid
+    breaks into pieces, drawn as a dashed line.
+    """
+    pg = page
+    _load(pg, server_url)
+    n = _renders(pg)
+    pg.select_option("#surface-select", "rosenbrock")
+    _wait_render(pg, n)
+    pg.wait_for_function("document.getElementById('contour').layout.title.text === 'rosenbrock'", timeout=20_000)
+    trace = pg.evaluate(
+        """() => { const t = document.getElementById('contour')._fullData.find(d => d.type === 'contour');
+                   return {x: Array.from(t.x), y: Array.from(t.y), z: t.z, start: t.contours.start}; }"""
+    )
+    z = np.array([[np.nan if v is None else v for v in row] for row in trace["z"]], dtype=float)
+    below = np.nan_to_num(z, nan=np.inf) < trace["start"]
+    assert _components(below) == 1
+    xs, ys = np.array(trace["x"]), np.array(trace["y"])
+    for px, py in ((0.5, 0.25), (1.0, 1.0), (1.5, 2.25)):
+        assert below[np.abs(ys - py).argmin(), np.abs(xs - px).argmin()], (px, py)
+    assert not pg.problems, "\n".join(pg.problems)

@@ -253,10 +253,17 @@ function contourTraces() {
     const lo = g.zmin, span = Math.max(1e-12, (g.zmax - g.zmin));
     const eps = Math.max(1e-12, 1e-4 * span);
     const z = g.z.map((row) => row.map((v) => (v === null ? null : Math.log10(v - lo + eps))));
+    // levels from the 2% quantile up: a level closer to the minimum cuts a sliver thinner than the grid
+    // (Rosenbrock's valley floor), which draws as a broken line that looks like a trajectory
+    const flat = z.flat().filter((v) => v !== null).sort((a, b) => a - b);
+    const zlo = flat.length ? flat[Math.floor(0.02 * (flat.length - 1))] : 0;
+    const zhi = flat.length ? flat[flat.length - 1] : 1;
+    const size = Math.max(1e-9, (zhi - zlo) / 28);
     traces.push({
-      type: "contour", x: g.x, y: g.y, z, ncontours: 28, showscale: false, hoverinfo: "skip",
+      type: "contour", x: g.x, y: g.y, z, autocontour: false, contours: { start: zlo, end: zhi, size, coloring: "fill" },
+      showscale: false, hoverinfo: "skip",
       colorscale: [[0, "#ffffff"], [0.5, "#e4e9f4"], [1, "#b4bfd6"]],
-      contours: { coloring: "fill" }, line: { width: 0.6, color: "rgba(60,70,100,0.35)" },
+      line: { width: 0.6, color: "rgba(60,70,100,0.35)" },
     });
     const mins = surfaceInfo.minima || [];
     if (mins.length) {
