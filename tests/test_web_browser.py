@@ -590,3 +590,51 @@ def test_lowest_contour_band_is_one_region_not_a_broken_line(page, server_url):
     for px, py in ((0.5, 0.25), (1.0, 1.0), (1.5, 2.25)):
         assert below[np.abs(ys - py).argmin(), np.abs(xs - px).argmin()], (px, py)
     assert not pg.problems, "\n".join(pg.problems)
+
+
+def test_clipping_is_shown_without_burying_the_gradient_curve(page, server_url):
+    """Issue 15 item 9: clipped-step markers sat on the gradient-norm curve, that panel's x axis shifted
+    out of line with the other two, and the contour did not mark the clipped steps."""
+    import json
+    from urllib.parse import quote
+
+    state = {
+        "surface": {"name": "valley", "params": {"condition": 25.0}, "expression": None},
+        "start": [-1.5, 0.5],
+        "steps": 120,
+        "clip": {"kind": "norm", "max": 1.0},
+        "optimizers": [
+            {"name": "gd", "color": "#2f5fd0", "hyperparams": {"lr": 0.05}},
+            {"name": "momentum", "color": "#d0452f", "hyperparams": {"lr": 0.3, "beta": 0.9}},
+        ],
+    }
+    pg = page
+    pg.goto(server_url + "#" + quote(json.dumps(state)))
+    pg.wait_for_function("window.__ravine && window.__ravine.result()", timeout=30_000)
+    runs = pg.evaluate("window.__ravine.result().runs")
+    assert all(len(r["clipped_steps"]) > 0 for r in runs)
+    # |grad| at the start is |(-1.5, 25 * 0.5)| = 12.6 > 1: step 0 is clipped
+    assert all(r["clipped_steps"][0] == 0 and r["grad_norm"][0] == pytest.approx(math.hypot(1.5, 12.5)) for r in runs)
+    grad = pg.evaluate(
+        """() => document.getElementById('plot-grad').data.map(t => ({name: t.name, mode: t.mode,
+             yaxis: t.yaxis || 'y', x: Array.from(t.x)}))"""
+    )
+    # nothing but the curves on the curves' axis; the clipped steps are a rug on their own axis
+    assert [t["mode"] for t in grad if t["yaxis"] == "y"] == ["lines", "lines"]
+    rugs = [t for t in grad if t["yaxis"] == "y2"]
+    assert [t["x"] for t in rugs] == [r["clipped_steps"] for r in runs]
+    axes = pg.evaluate(
+        """() => ['plot-loss', 'plot-grad', 'plot-lr'].map(id => {
+             const xa = document.getElementById(id)._fullLayout.xaxis;
+             return [xa._offset, xa._length, xa.range[0], xa.range[1]]; })"""
+    )
+    assert axes[0] == axes[1] == axes[2] and axes[0][2:] == [0, 120]
+    # the contour marks each clipped step at the position where it was taken
+    marks = pg.evaluate(
+        """() => document.getElementById('contour').data.filter(t => (t.name || '').endsWith(' clipped'))
+             .map(t => ({x: Array.from(t.x), y: Array.from(t.y)}))"""
+    )
+    assert len(marks) == 2
+    for m, r in zip(marks, runs):
+        assert m["x"] == [r["x"][k] for k in r["clipped_steps"]] and m["y"] == [r["y"][k] for k in r["clipped_steps"]]
+    assert not pg.problems, "\n".join(pg.problems)

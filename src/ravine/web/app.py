@@ -281,11 +281,14 @@ def _run_keys(req: models.TrajectoryRequest) -> list[str]:
 STALL_RATIO = 1e-3
 
 
-def end_point(surface: rs.Surface, position: np.ndarray, grad_norm0: float, diverged: bool) -> str:
+def end_point(
+    surface: rs.Surface, position: np.ndarray, grad_norm0: float, diverged: bool, converged: bool = False
+) -> str:
     """Where a run ended: ``"diverged"``, ``"moving"``, or the kind of critical point it stalled at.
 
-    A run has stalled when ``|grad f|`` at its last position is at most :data:`STALL_RATIO` times the
-    gradient norm at its start (or below ``1e-12``); the point is then classified by the Hessian's
+    A run has stalled when it reached the loss tolerance (``converged``) or ``|grad f|`` at its last
+    position is at most :data:`STALL_RATIO` times the gradient norm at its start (or below ``1e-12``);
+    the point is then classified by the Hessian's
     eigenvalues (``ravine.curvature.critical_point_kind``): ``"minimum"``, ``"saddle"``,
     ``"maximum"``, or ``"plateau"`` (a zero eigenvalue and no sign change: the second-derivative test
     is inconclusive, the surface is flat there).
@@ -295,6 +298,7 @@ def end_point(surface: rs.Surface, position: np.ndarray, grad_norm0: float, dive
         position: the run's last position ``(x, y)``.
         grad_norm0: the norm of the gradient at the run's start.
         diverged: whether the run diverged.
+        converged: whether the run's loss came within the tolerance of the global minimum's.
 
     Returns:
         One of ``"diverged"``, ``"moving"``, ``"minimum"``, ``"saddle"``, ``"maximum"``, ``"plateau"``.
@@ -304,7 +308,7 @@ def end_point(surface: rs.Surface, position: np.ndarray, grad_norm0: float, dive
     xy = torch.tensor([float(position[0]), float(position[1])], dtype=torch.float64)
     g = float(torch.linalg.vector_norm(surface.grad(xy).detach().to(torch.float64)))
     g0 = grad_norm0 if math.isfinite(grad_norm0) else 0.0
-    if not math.isfinite(g) or g > max(STALL_RATIO * g0, 1e-12):
+    if not math.isfinite(g) or (not converged and g > max(STALL_RATIO * g0, 1e-12)):
         return "moving"
     H = surface.hessian(xy).detach().to(torch.float64)
     if not bool(torch.isfinite(H).all()):
@@ -343,6 +347,7 @@ def _simulate(req: models.TrajectoryRequest, which: list[int]) -> list[dict[str,
                 np.asarray(trajectories.positions[j][-1], dtype=np.float64),
                 float(trajectories.grad_norms[j][0]),
                 int(trajectories.diverged_at[j]) >= 0,
+                int(trajectories.steps_to_tol[j]) >= 0,
             ),
         }
         for j in range(len(which))

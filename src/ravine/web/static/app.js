@@ -299,6 +299,14 @@ function trajectoryTraces(frame) {
       marker: divergedNow ? { symbol: "x-thin", size: 16, color: "#c62828", line: { width: 3, color: "#c62828" } }
         : { symbol: "circle", size: 10, color: c, line: { color: "#fff", width: 1.5 } },
     });
+    // the positions where the step's gradient was clipped (drawn up to the current frame)
+    const clipped = r.clipped_steps.filter((s) => s <= k);
+    traces.push({
+      type: "scatter", mode: "markers", x: clipped.map((s) => r.x[s]), y: clipped.map((s) => r.y[s]),
+      name: `${r.label} clipped`, showlegend: false, legendgroup: "r" + i,
+      hovertemplate: `${r.label}: gradient clipped at step %{customdata}<extra></extra>`, customdata: clipped,
+      marker: { symbol: "diamond-open", size: 8, color: c, line: { width: 1.5, color: c } },
+    });
   });
   const s = lastResult.start;
   traces.push({
@@ -354,9 +362,11 @@ function drawContour() {
 }
 
 function sideLayout(ytitle, ylog, frame) {
+  // one fixed step range on all three panels, so that their x axes line up whatever each one draws
+  const n = lastResult ? lastResult.steps : state.steps;
   return {
     margin: { l: 54, r: 10, t: 6, b: 30 }, showlegend: false, hovermode: "x",
-    xaxis: { title: { text: "step", standoff: 2 }, zeroline: false },
+    xaxis: { title: { text: "step", standoff: 2 }, zeroline: false, range: [0, n], autorange: false },
     yaxis: { type: ylog ? "log" : "linear", title: { text: ytitle }, exponentformat: "e", tickformat: ylog ? ".0e" : "",
       nticks: 5 },
     shapes: [{ type: "line", xref: "x", yref: "paper", x0: frame, x1: frame, y0: 0, y1: 1,
@@ -385,14 +395,16 @@ function drawSide() {
       const gy = r.grad_norm.map((v) => (v === null || v <= 0 ? null : v));
       grad.push({ type: "scatter", mode: "lines", x: gsteps, y: gy, name: r.label, line: { color: c, width: 1.4 } });
       if (r.clipped_steps.length) {
-        grad.push({ type: "scatter", mode: "markers", x: r.clipped_steps, y: r.clipped_steps.map((k) => gy[k]),
-          name: `${r.label} clipped`, hovertemplate: `${r.label}: clipped at step %{x}<extra></extra>`,
-          marker: { symbol: "triangle-down", size: 6, color: c, line: { color: "#111", width: 0.5 } } });
+        // a rug of ticks in the run's own strip along the bottom (second y axis), not markers on the curve
+        grad.push({ type: "scatter", mode: "markers", x: r.clipped_steps, y: r.clipped_steps.map(() => 0.03 + 0.05 * i),
+          yaxis: "y2", name: `${r.label} clipped`, hovertemplate: `${r.label}: clipped at step %{x}<extra></extra>`,
+          marker: { symbol: "line-ns-open", size: 7, color: c, line: { color: c, width: 1.2 } } });
       }
       lr.push({ type: "scatter", mode: "lines", x: gsteps, y: r.lr, name: r.label, line: { color: c, width: 1.6 } });
     });
   }
   const gl = sideLayout("‖g‖", true, frame);
+  gl.yaxis2 = { overlaying: "y", range: [0, 1], visible: false, fixedrange: true };
   if (state.clip.kind === "norm") {
     gl.shapes.push({ type: "line", xref: "paper", x0: 0, x1: 1, y0: Number(state.clip.max), y1: Number(state.clip.max),
       line: { color: "#c62828", width: 1, dash: "dash" } });
