@@ -638,3 +638,63 @@ def test_clipping_is_shown_without_burying_the_gradient_curve(page, server_url):
     for m, r in zip(marks, runs):
         assert m["x"] == [r["x"][k] for k in r["clipped_steps"]] and m["y"] == [r["y"][k] for k in r["clipped_steps"]]
     assert not pg.problems, "\n".join(pg.problems)
+
+
+def test_legend_tooltips_ticks_reload_and_fold(browser, server_url):
+    """Issue 15 item 10, at 1400x900: the legend hid trajectories, tooltips showed reStructuredText, the loss
+    axis repeated tick labels, a reload lost the step and the sweep, the curvature and sweep sat below the fold."""
+    import json
+    from urllib.parse import quote
+
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = ctx.new_page()
+    problems: list[str] = []
+    pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda exc: problems.append(str(exc)))
+    # the plateau from its default start: GD with a small lr barely moves, the loss spans a sliver of a decade
+    state = {
+        "surface": {"name": "plateau", "params": {}, "expression": None},
+        "steps": 100,
+        "optimizers": [
+            {"name": "gd", "color": "#2f5fd0", "hyperparams": {"lr": 0.01}},
+            {"name": "momentum", "color": "#d0452f", "hyperparams": {"lr": 0.001, "beta": 0.5}},
+        ],
+        "logLoss": True,
+    }
+    try:
+        pg.goto(server_url + "#" + quote(json.dumps(state)))
+        pg.wait_for_function("window.__ravine && window.__ravine.result()", timeout=30_000)
+        ticks = pg.evaluate("Array.from(document.querySelectorAll('#plot-loss .ytick text')).map(t => t.textContent)")
+        assert len(ticks) >= 2 and len(set(ticks)) == len(ticks), ticks
+        # the legend lies outside the plot area
+        legend = pg.locator("#contour .legend").bounding_box()
+        area = pg.locator("#contour .nsewdrag").first.bounding_box()
+        assert legend["y"] + legend["height"] <= area["y"] or legend["x"] >= area["x"] + area["width"]
+        # tooltips are plain text
+        titles = pg.evaluate("Array.from(document.querySelectorAll('[title]')).map(e => e.title)")
+        assert titles and not [t for t in titles if "``" in t or ":func:" in t or ":class:" in t]
+        # the curvature readout and the sweep's button start above the fold
+        assert pg.locator("#curv-info").bounding_box()["y"] < 900
+        button = pg.locator("#btn-sweep").bounding_box()
+        assert button["y"] + button["height"] <= 900
+        # a step position and a sweep survive a reload
+        pg.select_option("#sweep-opt", "1")
+        pg.select_option("#sweep-n", "16")
+        pg.click("#btn-sweep")
+        pg.wait_for_function("window.__ravine.sweeps > 0", timeout=30_000)
+        swept = pg.evaluate("window.__ravine.sweep().final_loss")
+        pg.evaluate(
+            "() => { const s = document.getElementById('scrub'); s.value = '37';"
+            " s.dispatchEvent(new Event('input', {bubbles: true})); }"
+        )
+        sync_api.expect(pg.locator("#frame-label")).to_have_text("37 / 100")
+        pg.wait_for_function("decodeURIComponent(location.hash).includes('\"frame\":37')", timeout=10_000)
+        pg.reload()
+        pg.wait_for_function(
+            "window.__ravine && window.__ravine.result() && window.__ravine.sweeps > 0", timeout=30_000
+        )
+        sync_api.expect(pg.locator("#frame-label")).to_have_text("37 / 100")
+        assert pg.evaluate("window.__ravine.sweep().final_loss") == swept
+        assert not problems, "\n".join(problems)
+    finally:
+        ctx.close()

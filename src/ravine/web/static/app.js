@@ -34,7 +34,7 @@ function defaultState() {
     optimizers: [],
     schedule: { name: "constant", params: {} },
     clip: { kind: "none", max: 1.0 },
-    noise: 0, seed: 0, logLoss: true, speed: 1, mode: "start", probe: null,
+    noise: 0, seed: 0, logLoss: true, speed: 1, mode: "start", probe: null, frame: null,
     sweep: { opt: 0, x: null, y: null, n: 32, metric: "final_loss" },
   };
 }
@@ -60,6 +60,14 @@ function fmt(v, digits = 4) {
   const a = Math.abs(v);
   if (a >= 1e4 || a < 1e-3) return v.toExponential(2);
   return Number(v.toPrecision(digits)).toString();
+}
+/* Docstring text as a plain tooltip: reStructuredText roles and literals without their markup. */
+function plain(text) {
+  return String(text || "")
+    .replace(/:[a-z]+(?::[a-z]+)?:`~?([^`]+)`/g, "$1")
+    .replace(/``([^`]+)``/g, "$1")
+    .replace(/`([^`]+)`/g, "$1")
+    .replace(/\*\*([^*]+)\*\*/g, "$1");
 }
 /* A number without binary float noise (0.7000000000000002 -> 0.7): 12 significant digits. */
 function clean(v) {
@@ -194,7 +202,7 @@ async function runTrajectories() {
     if (!data) return;
     lastResult = data;
     viewError = null;
-    if (!anim.playing) anim.frame = null;
+    if (!anim.playing) anim.frame = state.frame = null;
     drawAll();
     window.__ravine.renders += 1;
   } catch (e) {
@@ -354,7 +362,9 @@ function drawContour() {
     xaxis: { range: dom[0], title: { text: "x" }, zeroline: false, showgrid: false, constrain: "domain" },
     yaxis: { range: dom[1], title: { text: "y" }, zeroline: false, showgrid: false, scaleanchor: "x", scaleratio: 1,
       constrain: "domain" },
-    legend: { x: 1, xanchor: "right", y: 1, bgcolor: "rgba(255,255,255,0.85)", bordercolor: "#e2e5eb", borderwidth: 1 },
+    // the legend in one row above the plot area, never over the trajectories
+    legend: { orientation: "h", x: 1, xanchor: "right", y: 1, yanchor: "top", yref: "container",
+      bgcolor: "rgba(255,255,255,0)", font: { size: 11 } },
     annotations: curvatureAnnotations().concat(notes),
     paper_bgcolor: "#fff", plot_bgcolor: "#fff",
   };
@@ -367,8 +377,8 @@ function sideLayout(ytitle, ylog, frame) {
   return {
     margin: { l: 54, r: 10, t: 6, b: 30 }, showlegend: false, hovermode: "x",
     xaxis: { title: { text: "step", standoff: 2 }, zeroline: false, range: [0, n], autorange: false },
-    yaxis: { type: ylog ? "log" : "linear", title: { text: ytitle }, exponentformat: "e", tickformat: ylog ? ".0e" : "",
-      nticks: 5 },
+    yaxis: { type: ylog ? "log" : "linear", title: { text: ytitle }, exponentformat: "e", tickformat: "",
+      nticks: ylog ? 4 : 5 },
     shapes: [{ type: "line", xref: "x", yref: "paper", x0: frame, x1: frame, y0: 0, y1: 1,
       line: { color: "#888", width: 1, dash: "dot" } }],
   };
@@ -485,6 +495,7 @@ function play() {
 }
 function pause() {
   anim.playing = false;
+  if (anim.frame !== null) { state.frame = anim.frame; debounce("hash", 150, saveHash); }
   cancelAnimationFrame(anim.raf);
   drawTransport();
 }
@@ -504,7 +515,9 @@ function tick(now) {
 function setFrame(f) {
   if (!lastResult) return;
   anim.frame = Math.max(0, Math.min(lastResult.steps, f));
+  state.frame = anim.frame;  // the link keeps the step shown
   drawFrame();
+  debounce("hash", 150, saveHash);
 }
 
 // ------------------------------------------------------------------------------------------ controls
@@ -543,7 +556,8 @@ function sliderVal(h, pos) {
 
 function hyperparamRow(o, h) {
   const v = o.hyperparams[h.name];
-  const row = el("div", { class: "hp", title: `${h.help} — allowed: ${h.allowed}` }, el("span", { class: "name" }, h.name));
+  const row = el("div", { class: "hp", title: plain(`${h.help} — allowed: ${h.allowed}`) },
+    el("span", { class: "name" }, h.name));
   if (h.kind === "bool") {
     const cb = el("input", { type: "checkbox", "data-hp": h.name });
     cb.checked = !!v;
@@ -785,6 +799,8 @@ async function runSweep() {
     const data = await api("sweep", "/api/sweep", body);
     if (!data) return;
     lastSweep = data;
+    state.sweep.request = body;  // the link re-runs exactly this sweep on load
+    saveHash();
     $("sweep-status").textContent = `${n}×${n} cells × ${steps} steps in ${fmt(data.elapsed_ms, 3)} ms`
       + (steps < state.steps ? ` (steps capped at ${steps})` : "");
     drawSweep();
@@ -1124,12 +1140,12 @@ async function init() {
     return;
   }
   $("surface-select").replaceChildren(...Object.values(catalog.surfaces).map((s) =>
-    el("option", { value: s.name, title: s.description }, s.name)),
+    el("option", { value: s.name, title: plain(s.description) }, s.name)),
     el("option", { value: EXPRESSION_OPTION, hidden: true, disabled: true }, "typed expression"));
   $("add-name").replaceChildren(...catalog.optimizerList.map((n) => el("option", { value: n }, n)));
   $("add-name").value = catalog.optimizers.adam ? "adam" : catalog.optimizerList[0];
   $("schedule").replaceChildren(...Object.values(catalog.schedules).map((s) =>
-    el("option", { value: s.name, title: s.description }, s.name.replace(/_/g, " "))));
+    el("option", { value: s.name, title: plain(s.description) }, s.name.replace(/_/g, " "))));
   const fromLink = loadHash();
   if (!fromLink) {
     const first = catalog.optimizers.gd ? "gd" : catalog.optimizerList[0];
@@ -1146,14 +1162,31 @@ async function init() {
     for (const o of state.optimizers) { const lr = suggestedLr(o.name); if (lr !== undefined) o.hyperparams.lr = lr; }
     renderOptimizers();
   }
+  const frame = state.frame;  // a link's step position, restored once its runs are in
+  const sweepRequest = state.sweep.request;
   await runTrajectories();
+  if (Number.isInteger(frame)) setFrame(frame);
   saveHash();
   if (state.probe) probe(state.probe);
   // Plotly attaches .on() to the div after the first plot.
-  Plotly.newPlot("plot-sweep", [], { margin: { l: 60, r: 10, t: 30, b: 44 },
+  await Plotly.newPlot("plot-sweep", [], { margin: { l: 60, r: 10, t: 30, b: 44 },
     annotations: [{ text: "Run a sweep to see the grid", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5,
       font: { color: "#6b7385" } }], xaxis: { visible: false }, yaxis: { visible: false } },
   { ...PLOT_CONFIG, displayModeBar: false }).then((gd) => gd.on("plotly_click", onSweepClick));
+  if (sweepRequest) {  // a link's sweep: the same request again (the server computes it deterministically)
+    try {
+      const data = await api("sweep", "/api/sweep", sweepRequest);
+      if (data) {
+        lastSweep = data;
+        state.sweep.request = sweepRequest;
+        drawSweep();
+        window.__ravine.sweeps += 1;
+      }
+    } catch (e) {
+      $("sweep-error").textContent = e.message;
+      $("sweep-error").hidden = false;
+    }
+  }
 }
 
 window.addEventListener("error", (e) => window.__ravine.errors.push(String(e.message)));
