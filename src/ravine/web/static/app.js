@@ -134,7 +134,9 @@ function loadHash() {
   try {
     const s = JSON.parse(decodeURIComponent(location.hash.slice(1)));
     const d = defaultState();
-    state = { ...d, ...s, sweep: { ...d.sweep, ...(s.sweep || {}) }, clip: { ...d.clip, ...(s.clip || {}) } };
+    state = { ...d, ...s, sweep: { ...d.sweep, ...(s.sweep || {}) }, clip: { ...d.clip, ...(s.clip || {}) },
+      surface: { ...d.surface, ...(s.surface || {}) } };
+    state.surface.params = state.surface.params || {};  // a hand-written link may leave them out
     state.optimizers = (s.optimizers || []).filter((o) => catalog.optimizers[o.name]).slice(0, 16)
       .map((o, i) => ({ id: nextId++, name: o.name, color: o.color || PALETTE[i % PALETTE.length],
         hyperparams: { ...defaultsOf(o.name), ...(o.hyperparams || {}) } }));
