@@ -467,3 +467,31 @@ def test_serve_command_binds_loopback_and_serves(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_each_optimizer_gets_its_own_stability_limit_and_runs_obey_it(client):
+    """The per-optimizer lr limits on the bowl (lambda_max = 2) equal the closed forms, and a run just
+    below each limit stays bounded while one just above it diverges; adaptive optimizers get none."""
+    lam, beta = 2.0, 0.5
+    specs = [
+        {"name": "gd"},
+        {"name": "sgd", "hyperparams": {"momentum": beta}},  # heavy ball
+        {"name": "momentum", "hyperparams": {"beta": beta, "form": "ema"}},
+        {"name": "adam"},
+    ]
+    closed = [2 / lam, 2 * (1 + beta) / lam, 2 * (1 + beta) / ((1 - beta) * lam), None]
+    out = client.post(
+        "/api/curvature", json={"surface": {"name": "bowl"}, "point": [0.3, -0.2], "optimizers": specs}
+    ).json()
+    limits = [limit["lr"] for limit in out["limits"]]
+    for got, want in zip(limits, closed):
+        assert got == (None if want is None else pytest.approx(want, rel=1e-12))
+    for spec, limit in zip(specs[:3], limits[:3]):
+        runs = []
+        for factor in (0.97, 1.03):
+            hp = {**spec.get("hyperparams", {}), "lr": limit * factor}
+            optimizer = {"name": spec["name"], "hyperparams": hp}
+            req = {"surface": {"name": "bowl"}, "steps": 2000, "optimizers": [optimizer]}
+            runs.append(client.post("/api/trajectories", json=req).json()["runs"][0])
+        assert runs[0]["diverged"] is False, spec
+        assert runs[1]["diverged"] is True, spec
