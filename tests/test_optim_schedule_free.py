@@ -17,16 +17,12 @@ import torch
 
 import ravine.optim as ro
 import ravine.simulate as sim
+from _parity import make_model
 
 schedulefree = pytest.importorskip("schedulefree")
 pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
 
 STEPS = 120
-
-
-def make_model():
-    torch.manual_seed(1)
-    return torch.nn.Sequential(torch.nn.Linear(64, 24), torch.nn.Tanh(), torch.nn.Linear(24, 10)).double()
 
 
 def groups(model, lr):
