@@ -289,7 +289,7 @@ def test_store_arguments(tmp_path):
 
 
 def test_result_json_roundtrip(tmp_path):
-    v = Verdict.from_checks([threshold_check("x", float("nan"), "<", 1.0)], "e")
+    v = Verdict.from_checks([threshold_check("x", float("nan"), "<", 1.0)], "e", "for N >= 3e4")
     r = Result("n", "t", "c", "tiny", v, {"a": np.array([1.0, np.inf])}, [], ["run1"], 1.5, "reading")
     d = json.loads(json.dumps(r.to_json(), allow_nan=False))
     back = Result.from_json(d)
@@ -297,6 +297,9 @@ def test_result_json_roundtrip(tmp_path):
     assert math.isnan(back.verdict.checks[0].value)
     assert back.measurements == {"a": [1.0, None]}
     assert back.runs == ["run1"]
+    assert back.verdict.scale == "for N >= 3e4"
+    del d["verdict"]["scale"]  # a result saved before verdicts had a scale still loads
+    assert Result.from_json(d).verdict.scale == ""
 
 
 def test_the_store_alone_says_the_size(tmp_path, monkeypatch):

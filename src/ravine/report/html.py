@@ -101,7 +101,7 @@ def _claims_table(results: Sequence[Result], errors: dict[str, str], pending: Se
         )
         rows.append(
             f"<tr><td>{i}</td><td><a href='#{_anchor(r.name)}'>{esc(r.name)}</a></td>"
-            f"<td>{esc(r.claim)}</td><td>{badge(r.verdict.status)}</td><td>{nums}</td>"
+            f"<td>{esc(r.claim)}</td><td>{badge(r.verdict.status)}{_scale(r)}</td><td>{nums}</td>"
             f"<td class='num'>{_runtime(r)}</td></tr>"
         )
     n = len(results)
@@ -119,6 +119,15 @@ def _claims_table(results: Sequence[Result], errors: dict[str, str], pending: Se
         + "".join(rows)
         + "</table>"
     )
+
+
+def _scale(r: Result) -> str:
+    """Where the verdict holds (``Verdict.scale``), under its badge; nothing for a single setting."""
+    return f"<br><span class='small'>{esc(r.verdict.scale)}</span>" if r.verdict.scale else ""
+
+
+def _scale_sentence(r: Result) -> str:
+    return f" <b>Where it holds:</b> {esc(r.verdict.scale)}" if r.verdict.scale else ""
 
 
 def _runtime(r: Result) -> str:
@@ -169,7 +178,7 @@ def _experiment_section(r: Result) -> str:
 <section id="{_anchor(r.name)}">
 <h2>{esc(r.title)} <span class="small">(<code>ravine experiment {esc(r.name)}</code>)</span></h2>
 <blockquote>{esc(r.claim)}</blockquote>
-<p>Verdict: {badge(r.verdict.status)} {esc(r.verdict.explanation)}</p>
+<p>Verdict: {badge(r.verdict.status)} {esc(r.verdict.explanation)}{_scale_sentence(r)}</p>
 <table class="checks"><tr><th>check</th><th>measured</th><th>threshold</th><th>status</th><th>what</th></tr>
 {checks}</table>
 {figs}

@@ -108,20 +108,23 @@ class Verdict:
     """The outcome of a claim: status, the checks behind it, and a one-paragraph explanation.
 
     ``numbers`` maps each check's name to its measured value and ``thresholds`` to its rule; both are
-    derived from ``checks`` so the table in the report and the checks cannot disagree.
+    derived from ``checks`` so the table in the report and the checks cannot disagree. ``scale`` says
+    where the verdict holds, from the measurements (e.g. ``"supported for N >= 3e4 (crossover between
+    1e4 and 3e4)"``, or the one setting measured); empty when the experiment measures a single setting.
     """
 
     status: str
     checks: list[Check]
     explanation: str
+    scale: str = ""
 
     def __post_init__(self) -> None:
         _check_status(self.status)
 
     @classmethod
-    def from_checks(cls, checks: list[Check], explanation: str) -> Verdict:
+    def from_checks(cls, checks: list[Check], explanation: str, scale: str = "") -> Verdict:
         """Build the verdict whose status is :func:`combine` of ``checks``."""
-        return cls(combine(checks), list(checks), explanation)
+        return cls(combine(checks), list(checks), explanation, scale)
 
     @property
     def numbers(self) -> dict[str, float]:
@@ -162,7 +165,7 @@ class Result:
         checks = [
             Check(c["name"], _num(c["value"]), c["threshold"], c["status"], c.get("note", "")) for c in v["checks"]
         ]
-        verdict = Verdict(v["status"], checks, v["explanation"])
+        verdict = Verdict(v["status"], checks, v["explanation"], v.get("scale", ""))
         fields = {k: d[k] for k in d if k != "verdict"}
         return cls(verdict=verdict, **fields)
 
