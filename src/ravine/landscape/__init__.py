@@ -31,6 +31,11 @@ Directions (:class:`Directions`):
   plane (a projected path can look short and direct while the iterates lie far from the plane) and
   the explained variance.
 
+Paths between two solutions (mode connectivity): :func:`interpolate` is the straight line from ``a``
+to ``b`` (a line with origin ``a``), :func:`fit_bezier` fits a quadratic Bezier curve of low loss
+between them (Garipov et al. 2018), :func:`evaluate_curve` gives the loss along it, and
+:func:`barrier` the height of the loss barrier along either.
+
 Speed. Grid points are evaluated many at a time: the parameter sets of ``K`` points are stacked into
 tensors with a leading dimension ``K`` and the model runs once per data (micro-)batch under
 ``torch.func.vmap(torch.func.functional_call(...))``. Passes are sized to ``max_memory_mb`` (on a
@@ -63,7 +68,8 @@ Li et al.'s unit span; neither records the batch-norm mode or the data subset wi
 
 The package, one concern a file: ``_directions`` (the directions and the states they come from),
 ``_evaluate`` (data batches, modes, and the batched evaluator with the input-layer identity),
-``_result`` (:class:`Landscape` and its files), ``_slice`` (:func:`line`, :func:`plane`, resuming).
+``_result`` (:class:`Landscape` and its files), ``_slice`` (:func:`line`, :func:`plane`, resuming),
+``_paths`` (mode connectivity: lines and Bezier curves between two solutions, barriers).
 """
 
 from ravine.landscape._directions import (
@@ -75,13 +81,29 @@ from ravine.landscape._directions import (
     through,
     toward,
 )
+from ravine.landscape._paths import (
+    BARRIER_REFERENCES,
+    BezierCurve,
+    barrier,
+    bezier,
+    evaluate_curve,
+    fit_bezier,
+    interpolate,
+)
 from ravine.landscape._result import Landscape, accuracy
 from ravine.landscape._slice import line, plane
 
 __all__ = [
+    "BARRIER_REFERENCES",
+    "BezierCurve",
     "Directions",
     "Landscape",
     "accuracy",
+    "barrier",
+    "bezier",
+    "evaluate_curve",
+    "fit_bezier",
+    "interpolate",
     "line",
     "load_state",
     "normalize_direction",
