@@ -17,6 +17,9 @@ Models and their input/output conventions (matching :mod:`ravine.experiments.dat
   of width ``mlp_ratio * d_model``, learned position embeddings). ``norm="pre"``: ``x + f(LN(x))`` with a
   final LayerNorm before the head (GPT-2, Xiong et al. 2020); ``norm="post"``: ``LN(x + f(x))`` as in
   the original Transformer (Vaswani et al. 2017), no final LayerNorm. Tokens ``(B, T)`` -> ``(B, T, V)``.
+- ``"deep_linear"``: an ``"mlp"`` with no activation and no biases, ``x -> W_L ... W_1 x`` (Saxe et al.
+  2014), each weight torch's default initialization times ``init_scale``: a small ``init_scale`` starts
+  it next to the saddle point at the origin (every gradient vanishes there).
 - ``"lstm"`` / ``"rnn"``: embedding -> ``torch.nn.LSTM`` / ``torch.nn.RNN`` (``nonlinearity`` tanh or
   relu) -> linear head at every position. Tokens ``(B, T)`` -> ``(B, T, V_out)``.
 
@@ -267,6 +270,20 @@ def _mlp(
     return MLP(list(sizes), activation=activation, bias=bias)
 
 
+def _deep_linear(
+    in_features: int,
+    n_classes: int,
+    hidden: list[int] | tuple[int, ...] = (16, 16),
+    init_scale: float = 1.0,
+) -> MLP:
+    check("init_scale", init_scale, Interval.finite(float, 0, low_open=True))
+    model = MLP([in_features, *hidden, n_classes], activation="identity", bias=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(init_scale)
+    return model
+
+
 def _rnn(vocab_size: int, **kw: Any) -> Recurrent:
     return Recurrent(vocab_size, cell="rnn", **kw)
 
@@ -282,6 +299,7 @@ _rnn.__signature__ = _lstm.__signature__  # type: ignore[attr-defined]
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": _mlp,
+    "deep_linear": _deep_linear,
     "cnn": CNN,
     "transformer": Transformer,
     "lstm": _lstm,
@@ -308,10 +326,12 @@ def _jsonable(v: Any) -> Any:
 
 
 def build(name: str, **kw: Any) -> nn.Module:
-    """Build model ``name`` (``"mlp"``, ``"cnn"``, ``"transformer"``, ``"lstm"``, ``"rnn"``) with ``kw``.
+    """Build model ``name`` (``"mlp"``, ``"deep_linear"``, ``"cnn"``, ``"transformer"``, ``"lstm"``, ``"rnn"``)
+    with ``kw``.
 
     Defaults: ``mlp(sizes=None, activation="relu", in_features=None, hidden=(64,), n_classes=None,
-    bias=True)``; ``cnn(in_channels=1, image_size=8, channels=(16, 32), hidden=64, n_classes=10)``;
+    bias=True)``; ``deep_linear(in_features, n_classes, hidden=(16, 16), init_scale=1.0)``;
+    ``cnn(in_channels=1, image_size=8, channels=(16, 32), hidden=64, n_classes=10)``;
     ``transformer(vocab_size, block_size, n_layer=2, n_head=4, d_model=64, norm="pre", mlp_ratio=4,
     dropout=0.0, bias=True)``; ``lstm``/``rnn(vocab_size, d_embed=32, hidden=64, n_layers=1, n_out=None,
     nonlinearity="tanh")``. The result carries ``ravine_spec`` (name and all arguments, defaults filled).
