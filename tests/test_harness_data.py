@@ -137,3 +137,29 @@ def test_bad_input_messages():
         data.load("chars", block_size=8).sampler(None).next()
     with pytest.raises(ValueError, match=r"split must be one of 'train', 'test', got 'val'"):
         data.load("digits").eval_data("val")
+
+
+def test_teacher_task_is_seeded_nested_and_flips_the_stated_share_of_labels():
+    a = data.load("teacher", seed=5, n_train=2000, n_test=500)
+    b = data.load("teacher", seed=5, n_train=2000, n_test=500)
+    c = data.load("teacher", seed=6, n_train=2000, n_test=500)
+    assert a.x_train.shape == (2000, 16) and a.y_train.shape == (2000,) and a.x_test.shape == (500, 16)
+    assert a.dims == {"in_features": 16, "n_classes": 4} and a.x_train.dtype == torch.float32
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_train, b.y_train)
+    assert not torch.equal(a.x_train, c.x_train)
+    # the training set of size n is the prefix of a larger one; the test set does not depend on n_train
+    big = data.load("teacher", seed=5, n_train=20_000, n_test=500)
+    assert torch.equal(big.x_train[:2000], a.x_train) and torch.equal(big.y_train[:2000], a.y_train)
+    assert torch.equal(big.x_test, a.x_test) and torch.equal(big.y_test, a.y_test)
+    # inputs are standard normal (statistical check: 20000 x 16 draws)
+    assert abs(float(big.x_train.mean())) < 0.02 and abs(float(big.x_train.std()) - 1.0) < 0.02
+    # label noise p replaces a label by a uniform class: it changes with probability p (C - 1) / C
+    clean = data.load("teacher", seed=5, n_train=20_000, n_test=10, label_noise=0.0)
+    noisy = data.load("teacher", seed=5, n_train=20_000, n_test=10, label_noise=0.3)
+    changed = float((clean.y_train != noisy.y_train).float().mean())
+    assert changed == pytest.approx(0.3 * 3 / 4, abs=4 * (0.225 * 0.775 / 20_000) ** 0.5)
+    assert torch.equal(clean.x_train, noisy.x_train)
+    with pytest.raises(ValueError, match=r"label_noise must be in \[0, 1\), got 1.0"):
+        data.load("teacher", label_noise=1.0)
+    with pytest.raises(ValueError, match=r"n_classes must be an integer in \[2, "):
+        data.load("teacher", n_classes=1)

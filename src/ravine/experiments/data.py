@@ -25,6 +25,14 @@ Names (``load(name, seed=0, **kw)``):
   (2016): ``length`` symbols from an alphabet of ``n_symbols``, then ``delay - 1`` blanks, a delimiter,
   and ``length`` blanks; the model must output the symbols in the last ``length`` positions. Longer
   ``delay`` means longer-range dependencies (exploding/vanishing gradients in RNNs).
+- ``"teacher"``: a student-teacher classification task whose size is a parameter. Inputs are
+  ``x ~ N(0, I)`` in ``in_features`` dimensions; the label is the argmax of a fixed random teacher
+  network (``in_features -> hidden`` tanh ``-> n_classes``, no biases, weights drawn from ``seed``, the
+  output weights of each class scaled to unit norm so no class wins by its scale), replaced with
+  probability ``label_noise`` by a uniformly drawn class. Every part has its own random stream (teacher,
+  training inputs, training noise, test inputs, test noise), so the training set of size ``n`` is the
+  first ``n`` rows of any larger one and the test set does not depend on ``n_train``. Made for
+  measurements along the data size (the ``optimizers`` experiment): 10^6 examples take about a second.
 
 Targets and losses: every dataset's model output is a tensor of logits over the last dimension and the
 target an integer tensor with the output's shape minus that dimension; positions whose target is
@@ -490,12 +498,70 @@ def _load_copy(
     )
 
 
+def _load_teacher(
+    seed: int,
+    n_train: int = 10_000,
+    n_test: int = 10_000,
+    in_features: int = 16,
+    n_classes: int = 4,
+    hidden: int = 8,
+    label_noise: float = 0.1,
+) -> ArrayDataset:
+    n_train = integer("n_train", n_train)
+    n_test = integer("n_test", n_test)
+    in_features = integer("in_features", in_features)
+    n_classes = integer("n_classes", n_classes, Interval(int, 2, None, closed="left"))
+    hidden = integer("hidden", hidden)
+    label_noise = check("label_noise", label_noise, Interval(float, 0, 1, closed="left"))
+    params = {
+        "seed": seed,
+        "n_train": n_train,
+        "n_test": n_test,
+        "in_features": in_features,
+        "n_classes": n_classes,
+        "hidden": hidden,
+        "label_noise": label_noise,
+    }
+
+    def stream(tag: int) -> np.random.Generator:
+        return np.random.default_rng([seed, tag])
+
+    teacher = stream(0)
+    w1 = teacher.standard_normal((in_features, hidden)) / math.sqrt(in_features)
+    w2 = teacher.standard_normal((hidden, n_classes))
+    w2 /= np.linalg.norm(w2, axis=0, keepdims=True)  # unit columns: no class favoured by its scale
+
+    def draw(n: int, x_tag: int, noise_tag: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = stream(x_tag).standard_normal((n, in_features))
+        y = np.argmax(np.tanh(x @ w1) @ w2, axis=1)
+        u = stream(noise_tag).random((n, 2))  # one row per example: the prefix of a larger draw
+        flip = u[:, 0] < label_noise
+        y = np.where(flip, np.minimum((u[:, 1] * n_classes).astype(np.int64), n_classes - 1), y)
+        return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)
+
+    x_train, y_train = draw(n_train, 1, 2)
+    x_test, y_test = draw(n_test, 3, 4)
+    return ArrayDataset(
+        "teacher",
+        params,
+        "classification",
+        {"in_features": in_features, "n_classes": n_classes},
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        {"kind": "generated", "train": [0, n_train], "test": "separate stream", "nested": True},
+        {"class_counts_train": torch.bincount(y_train, minlength=n_classes).tolist()},
+    )
+
+
 _LOADERS = {
     "digits": _load_digits,
     "chars": _load_chars,
     "modadd": _load_modadd,
     "parity": _load_parity,
     "copy": _load_copy,
+    "teacher": _load_teacher,
 }
 
 
@@ -514,6 +580,7 @@ def load(name: str, seed: int = 0, **kw: Any) -> Dataset:
     - ``modadd``: ``p=97, train_fraction=0.5``.
     - ``parity``: ``n_bits=20, k=3, n_train=2000, n_test=1000``.
     - ``copy``: ``length=10, delay=10, n_symbols=8, n_train=2000, n_test=500``.
+    - ``teacher``: ``n_train=10000, n_test=10000, in_features=16, n_classes=4, hidden=8, label_noise=0.1``.
 
     Raises ValueError for an unknown name (listing the valid ones) or an out-of-range argument, and
     TypeError for an argument the dataset does not take.

@@ -1,7 +1,8 @@
 """Figures (matplotlib, static PNG/SVG; plotly where a figure is interactive).
 
 One submodule per layer it draws: ``schedules``, ``surfaces`` (the 2D world),
-``landscape`` and ``curvature`` (real networks), ``experiments``. All of them save through
+``landscape`` and ``curvature`` (real networks), ``experiments``, ``scaling`` (trends along the axis a
+claim depends on, with the spread over seeds). All of them save through
 :func:`ravine.plots._style.save`, which writes to a temporary name and renames, so a figure on
 disk is never half-written.
 """
