@@ -28,7 +28,7 @@ from schemathesis.checks import negative_data_rejection, not_a_server_error
 from ravine.web.app import create_app
 
 # the response caches off: every request is computed, so a bug cannot hide behind an earlier answer
-APP = create_app(cache_size=0, run_cache_size=0)
+APP = create_app(cache_mb=0, run_cache_mb=0)
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 schema.config.generation.update(
     modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], max_examples=25, deterministic=True

@@ -224,7 +224,7 @@ def test_run_cache_recomputes_only_the_changed_optimizer():
         {"name": "rmsprop", "hyperparams": {"lr": 0.01}},
     ]
     req = {"surface": {"name": "rosenbrock"}, "steps": 80, "noise": 0.5, "seed": 3, "optimizers": opts}
-    with TestClient(create_app(cache_size=0)) as warm, TestClient(create_app(cache_size=0, run_cache_size=0)) as cold:
+    with TestClient(create_app(cache_mb=0)) as warm, TestClient(create_app(cache_mb=0, run_cache_mb=0)) as cold:
         first = warm.post("/api/trajectories", json=req).json()
         assert first["simulated_runs"] == 3
         req["optimizers"][1]["hyperparams"]["beta"] = 0.9
@@ -239,7 +239,7 @@ def test_run_cache_recomputes_only_the_changed_optimizer():
     assert second["runs"][1]["x"] != first["runs"][1]["x"]  # the changed one really was recomputed
     # a change shared by all runs (the seed) invalidates every run
     req["seed"] = 4
-    with TestClient(create_app(cache_size=0)) as warm:
+    with TestClient(create_app(cache_mb=0)) as warm:
         warm.post("/api/trajectories", json={**req, "seed": 3})
         assert warm.post("/api/trajectories", json=req).json()["simulated_runs"] == 3
 

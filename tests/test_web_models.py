@@ -139,7 +139,7 @@ def test_curvature_kind_and_limit_on_closed_form_hessians(client, expression, ki
 
 
 def test_lru_cache_evicts_the_least_recently_used():
-    cache: LRUCache[int] = LRUCache(2)
+    cache: LRUCache[int] = LRUCache(4, size_of=lambda value: 1)  # bytes: each entry is key 1 + value 1
     cache.put("a", 1)
     cache.put("b", 2)
     assert cache.get("a") == 1  # "b" is now the least recently used

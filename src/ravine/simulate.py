@@ -56,7 +56,8 @@ from ravine._validation import Interval, Options, check
 from ravine.surfaces import Surface
 from ravine.surfaces import get as get_surface
 
-__all__ = ["Trajectories", "Sweep", "run", "sweep", "DIVERGENCE_FACTOR", "MAX_STEPS", "MAX_RUNS"]
+__all__ = ["Trajectories", "Sweep", "Stopped", "run", "sweep", "DIVERGENCE_FACTOR", "MAX_STEPS", "MAX_RUNS",
+           "STOP_CHECK_STEPS"]
 
 DIVERGENCE_FACTOR = 1e3
 """A run is diverged once it is this many domain widths (heights) away from the domain's centre."""
@@ -66,6 +67,17 @@ MAX_RUNS = 1 << 20
 """The most cells of one :func:`sweep`."""
 
 OptimizerSpec = str | dict[str, Any] | ro.Transform
+
+STOP_CHECK_STEPS = 32
+"""How often (in steps) :func:`run` and :func:`sweep` call their ``should_stop`` callback."""
+
+
+class Stopped(RuntimeError):
+    """Raised by :func:`run` / :func:`sweep` when their ``should_stop`` callback returned true.
+
+    The playground server stops the work of a client that disconnected this way: it checks a flag every
+    :data:`STOP_CHECK_STEPS` steps, so the work stops within that many steps of the flag being set.
+    """
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -614,7 +626,11 @@ class _Ledger:
 
 
 def _simulate(
-    setup: _Setup, xy0: torch.Tensor, record: bool, progress: Callable[[int], None] | None = None
+    setup: _Setup,
+    xy0: torch.Tensor,
+    record: bool,
+    progress: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> _Outcome:
     """Step the rows of ``xy0`` ``setup.steps`` times; with ``record``, return every step too.
 
@@ -639,6 +655,8 @@ def _simulate(
             if k == 0 and not torch.isfinite(v).all():
                 raise ValueError("the loss at the start point is not finite; choose another start")
             rec.point(i, xy, v, g)
+            if should_stop is not None and k % STOP_CHECK_STEPS == 0 and should_stop():
+                raise Stopped(f"stopped at step {k} of {steps}: should_stop() returned true")
             if k < steps:
                 g = noise(g)
                 rec.gradient(i, g, setup.clip)
@@ -668,6 +686,7 @@ def run(
     tol: float = 1e-6,
     dtype: torch.dtype = torch.float64,
     device: str | torch.device | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Trajectories:
     """Run several optimizer configurations on ``surface`` from one start, stepped together.
 
@@ -690,9 +709,14 @@ def run(
         tol: tolerance of ``steps_to_tol``.
         dtype: of the simulation (float64 by default).
         device: of the simulation (CPU by default).
+        should_stop: called every :data:`STOP_CHECK_STEPS` steps (from step 0); when it returns true the
+            run stops and raises :class:`Stopped` (a server stops the work of a client that left).
 
     Returns:
         :class:`Trajectories` (numpy arrays).
+
+    Raises:
+        Stopped: ``should_stop()`` returned true.
     """
     surface = _as_surface(surface)
     if isinstance(optimizers, (str, dict, ro.Transform)):
@@ -722,7 +746,7 @@ def run(
     setup = _Setup(surface, batches, steps, _noise_std(noise, batch_size), row_seeds, _parse_clip(clip), multiplier,
                    tol)
     perm = torch.tensor(order, device=device)
-    out = _simulate(setup, xy0[perm], record=True)
+    out = _simulate(setup, xy0[perm], record=True, should_stop=should_stop)
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(R, device=device)
 
@@ -793,6 +817,7 @@ def sweep(
     dtype: torch.dtype = torch.float64,
     device: str | torch.device | None = None,
     progress: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Sweep:
     """A grid of one optimizer's hyperparameters, run as one batched tensor program.
 
@@ -802,7 +827,8 @@ def sweep(
     Each cell equals :func:`run` of the same configuration alone (same seed, noise shared as in ``run``).
     ``lr`` defaults to the surface's suggested learning rate when neither an axis nor ``fixed`` gives it.
     ``progress``, if given, is called with the number of steps done after each block of steps (for a
-    progress bar); it changes no number.
+    progress bar); it changes no number. ``should_stop``, if given, is called every :data:`STOP_CHECK_STEPS`
+    steps; when it returns true the sweep raises :class:`Stopped`.
 
     Returns:
         :class:`Sweep` with ``final_loss`` (NaN where diverged), ``steps_to_tol`` and ``diverged_at``.
@@ -840,7 +866,7 @@ def sweep(
     xy0 = _starts(surface, start, nx * ny, dtype, device)
     setup = _Setup(surface, [_Batch(transform, nx * ny)], steps, _noise_std(noise, batch_size), seed, _parse_clip(clip),
                    _multiplier(schedule, steps), tol)
-    out = _simulate(setup, xy0, record=False, progress=progress)
+    out = _simulate(setup, xy0, record=False, progress=progress, should_stop=should_stop)
     fixed_used = {k: v for k, v in hyper.items() if k not in (x_name, y_name)}
     return Sweep(
         surface=surface,

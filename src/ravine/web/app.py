@@ -16,33 +16,38 @@ Routes (the OpenAPI schema at ``/openapi.json``, rendered offline at ``/docs``, 
 - ``GET /api/optimizers``: named optimizers with each hyperparameter's default, bounds and slider range.
 - ``GET /api/schedules``: schedules with their parameters and defaults.
 - ``GET /api/limits``: the server's caps on requests.
+- ``GET /api/load``: the compute lanes: requests waiting and running, and how requests ended.
 
 Robustness. Bodies are parsed by the models of :mod:`ravine.web.models` (bounds on steps, optimizers,
 sweep size, expression length, work = steps x rows; finite floats; strict JSON types); a bad body is a
 422 whose ``detail`` names each bad field (``loc`` and its dotted ``field``), quotes the value received and
 says what is allowed (a body that is not even decodable is a 400 in the same shape). ``tests/test_api_schema.py``
 fuzzes every route from this app's own OpenAPI document. Responses carry ``null`` for every
-non-finite number plus ``diverged`` flags, so ``NaN``/``inf`` never reach the JSON. Every request that
-computes runs in the thread pool, never on the event loop, and at most ``max_concurrency`` of them
-compute at once (an ``asyncio.Semaphore``, FIFO, so no request is starved). Identical requests are
-answered from an :class:`LRUCache` of encoded responses, and single runs are cached in a second one:
-when a slider moves one optimizer of six, only that one is simulated again.
+non-finite number plus ``diverged`` flags, so ``NaN``/``inf`` never reach the JSON.
+
+Under a class (``ravine.web._serving``). Every request that computes runs off the event loop in one of two
+lanes: small requests (within the small-work bounds of ``GET /api/limits``) never wait behind big ones, big
+ones compute ``big_concurrency`` at a time, each lane FIFO so no request is starved; with ``workers=N`` they
+run in worker processes, which use the machine's cores (the work holds the GIL). The work of a client that
+disconnects is dropped or stopped (``GET /api/load`` counts it). With ``allowed_hosts`` a request whose
+``Host`` is another name gets a 400 (DNS rebinding). Identical requests are answered from an
+:class:`LRUCache` of encoded responses bounded in bytes, and single runs are cached in a second one: when
+a slider moves one optimizer of six, only that one is simulated again.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import inspect
 import json
 import math
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -61,6 +66,7 @@ import ravine.surfaces as rs
 from ravine import __version__
 from ravine.curvature import critical_point_kind, max_stable_lr
 from ravine.web import models
+from ravine.web._serving import ClientGone, HostCheck, Lanes, LRUCache
 
 #: The page's HTML, JS and CSS.
 STATIC_DIR = Path(__file__).with_name("static")
@@ -236,40 +242,6 @@ def _global_min(surface: rs.Surface) -> float | None:
     return min(values) if values else None
 
 
-_V = TypeVar("_V")
-
-
-class LRUCache(Generic[_V]):
-    """A thread-safe least-recently-used cache of ``size`` entries (``size`` 0: stores nothing).
-
-    The app keeps two: encoded responses keyed by the canonical request JSON, and single runs keyed
-    by everything that determines one run (:func:`compute_trajectories`).
-    """
-
-    def __init__(self, size: int):
-        self.size = size
-        self._entries: OrderedDict[str, _V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> _V | None:
-        """The value stored under ``key`` (now the most recently used), or ``None``."""
-        with self._lock:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            return value
-
-    def put(self, key: str, value: _V) -> None:
-        """Store ``value`` under ``key``, evicting the least recently used entry beyond ``size``."""
-        if self.size <= 0:
-            return
-        with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-
-
 def _run_keys(req: models.TrajectoryRequest) -> list[str]:
     """One key per run: the request without its optimizers, plus that run's optimizer spec."""
     shared = json.dumps(req.model_dump(mode="json", exclude={"optimizers"}), sort_keys=True)
@@ -317,7 +289,9 @@ def end_point(
     return "plateau" if kind == "degenerate" else kind
 
 
-def _simulate(req: models.TrajectoryRequest, which: list[int]) -> list[dict[str, Any]]:
+def _simulate(
+    req: models.TrajectoryRequest, which: list[int], should_stop: Callable[[], bool] | None = None
+) -> list[dict[str, Any]]:
     """The runs of optimizers ``which`` of ``req``, simulated together by one ``ravine.simulate.run``."""
     trajectories = sim.run(
         req.surface.surface,
@@ -330,6 +304,7 @@ def _simulate(req: models.TrajectoryRequest, which: list[int]) -> list[dict[str,
         schedule=req.schedule.to_sim(req.steps) if req.schedule else None,
         clip=req.clip.to_sim() if req.clip else None,
         tol=req.tol,
+        should_stop=should_stop,
     )
     return [
         {
@@ -377,7 +352,9 @@ def _run_out(spec: models.OptimizerSpec, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def compute_trajectories(
-    req: models.TrajectoryRequest, cache: LRUCache[dict[str, Any]] | None = None
+    req: models.TrajectoryRequest,
+    cache: LRUCache[dict[str, Any]] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Run ``ravine.simulate.run`` for ``req`` and convert the result to the ``TrajectoryOut`` layout.
 
@@ -386,13 +363,15 @@ def compute_trajectories(
     run is stepped by its own (or a batched) transform, and with an integer seed every run sees the
     same noise sequence (``ravine.simulate``'s common random numbers), so a run computed alone equals
     the same run computed beside others, up to the rounding of batched hyperparameter tensors.
+    ``should_stop`` goes to ``ravine.simulate.run`` (which raises ``ravine.simulate.Stopped`` when it
+    returns true).
     """
     t0 = time.perf_counter()
     keys = _run_keys(req)
     rows = [cache.get(k) if cache is not None else None for k in keys]
     missing = [i for i, row in enumerate(rows) if row is None]
     if missing:
-        for i, row in zip(missing, _simulate(req, missing)):
+        for i, row in zip(missing, _simulate(req, missing, should_stop)):
             rows[i] = row
             if cache is not None:
                 cache.put(keys[i], row)
@@ -408,8 +387,9 @@ def compute_trajectories(
     }
 
 
-def compute_sweep(req: models.SweepRequest) -> dict[str, Any]:
-    """Run ``ravine.simulate.sweep`` for ``req``: one batched program over all (x, y) cells."""
+def compute_sweep(req: models.SweepRequest, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Run ``ravine.simulate.sweep`` for ``req``: one batched program over all (x, y) cells (``should_stop`` as in
+    :func:`compute_trajectories`)."""
     t0 = time.perf_counter()
     fixed = {k: v for k, v in req.optimizer.to_sim().items() if k not in ("name", req.x.name, req.y.name)}
     grid = sim.sweep(
@@ -426,6 +406,7 @@ def compute_sweep(req: models.SweepRequest) -> dict[str, Any]:
         batch_size=req.batch_size,
         schedule=req.schedule.to_sim(req.steps) if req.schedule else None,
         clip=req.clip.to_sim() if req.clip else None,
+        should_stop=should_stop,
     )
     diverged_at = np.asarray(grid.diverged_at)
     final = np.where(diverged_at >= 0, np.nan, np.asarray(grid.final_loss, dtype=np.float64))
@@ -652,31 +633,86 @@ def _validation_response(errors: list[dict[str, Any]], status_code: int = 422) -
     return JSONResponse(status_code=status_code, content={"detail": detail, "message": message})
 
 
+def _check_out(req: models.ExpressionCheck) -> dict[str, Any]:
+    """A valid expression's ``ExpressionCheckOut``: its surface, with a contour grid if asked for."""
+    surface = rs.parse(req.expression, domain=req.domain) if req.domain else rs.parse(req.expression)
+    return {"ok": True, "error": None, "position": None, "surface": _surface_out(surface, req.grid)}
+
+
+#: The computations the server runs in its lanes, by kind: (request model, ``fn(req, should_stop,
+#: run_cache) -> dict``, response model). :func:`_work` runs one from the request's JSON, in a thread of the
+#: server or in a worker process.
+_WORK: dict[str, tuple[type, Callable[..., dict[str, Any]], type]] = {
+    "trajectories": (
+        models.TrajectoryRequest,
+        lambda r, stop, cache: compute_trajectories(r, cache, stop),
+        models.TrajectoryOut,
+    ),
+    "sweep": (models.SweepRequest, lambda r, stop, cache: compute_sweep(r, stop), models.SweepOut),
+    "curvature": (models.CurvatureRequest, lambda r, stop, cache: compute_curvature(r), models.CurvatureOut),
+    "grid": (models.GridRequest, lambda r, stop, cache: _surface_out(r.surface.surface, r.n), models.SurfaceOut),
+    "check": (models.ExpressionCheck, lambda r, stop, cache: _check_out(r), models.ExpressionCheckOut),
+}
+
+
+def _work(kind: str, payload: str, should_stop: Callable[[], bool], cache: Any) -> bytes:
+    """Compute request ``payload`` (JSON) of ``kind`` and return the encoded response (``"surfaces"``: the
+    payload is the grid side of ``GET /api/surfaces``)."""
+    if kind == "surfaces":
+        grid = int(payload)
+        return json.dumps([_surface_out(rs.get(name), grid) for name in rs.names()], allow_nan=False).encode()
+    request_model, fn, out_model = _WORK[kind]
+    req = request_model.model_validate_json(payload)
+    return out_model.model_validate(fn(req, should_stop, cache)).model_dump_json().encode()
+
+
 def create_app(
     *,
-    max_concurrency: int | None = None,
+    workers: int = 0,
+    big_concurrency: int = 1,
     torch_threads: int | None = 1,
-    cache_size: int = 64,
-    run_cache_size: int = 512,
+    cache_mb: float = 64.0,
+    run_cache_mb: float = 64.0,
+    allowed_hosts: Sequence[str] | None = None,
+    allow_ip_hosts: bool = False,
 ) -> FastAPI:
     """Build the playground app.
 
+    Requests that compute run in two lanes (``ravine.web._serving``): a small lane for requests within the
+    small-work bounds of :data:`ravine.web.models.LIMITS` (the page's trajectories, grids, Hessians), which never
+    waits behind bigger requests, and a big lane for the rest, ``big_concurrency`` at a time. The work of a
+    client that disconnects is dropped (queued) or stopped within ``ravine.simulate.STOP_CHECK_STEPS`` steps
+    (running). ``GET /api/load`` shows each lane's queue and counters.
+
     Args:
-        max_concurrency: how many computing requests may run at once (default 1); the others wait in
-            FIFO order. Stepping ``(B, 2)`` tensors is Python dispatch, which holds the GIL, so two
-            requests computing in two threads contend for it and neither finishes sooner
-            (``benchmarks/serve.py`` measures it).
-        torch_threads: ``torch.set_num_threads`` for the process (default 1; ``None`` leaves torch
-            alone). Intra-op threads only contend on tensors this small.
-        cache_size: entries of the :class:`LRUCache` of responses to identical requests (0: none).
-        run_cache_size: entries of the :class:`LRUCache` of single runs, so a slider that moves one
-            optimizer recomputes only that one (0: none).
+        workers: 0 (default): compute in threads of this process (the work holds the GIL: the lanes share
+            one core, neither blocks the other). N >= 1: in worker processes, N for the small lane and
+            ``big_concurrency`` for the big one, which uses the machine's cores.
+        big_concurrency: how many big requests compute at once (default 1).
+        torch_threads: ``torch.set_num_threads`` for the process and its workers (default 1; ``None`` leaves
+            torch alone). Intra-op threads only contend on tensors this small.
+        cache_mb: megabytes of the :class:`LRUCache` of encoded responses to identical requests (0: none).
+        run_cache_mb: megabytes of the :class:`LRUCache` of single runs, so a slider that moves one optimizer
+            recomputes only that one (0: none); each worker process has its own of this size.
+        allowed_hosts: host names the server answers to (a request with another ``Host`` header gets a 400:
+            protection from DNS rebinding); ``None`` (default): any, ``"*"`` too. ``ravine serve`` passes the
+            bound address, ``localhost`` and its ``--allowed-host`` names.
+        allow_ip_hosts: with ``allowed_hosts``, also answer to any IP address (``ravine serve`` sets it when
+            bound to every interface).
     """
     if torch_threads is not None:
         torch.set_num_threads(max(1, int(torch_threads)))
-    limit = max(1, int(max_concurrency or 1))
-    cache: LRUCache[bytes] = LRUCache(cache_size)
-    run_cache: LRUCache[dict[str, Any]] = LRUCache(run_cache_size)
+    cache: LRUCache[bytes] = LRUCache(int(cache_mb * 2**20))
+    run_cache: LRUCache[dict[str, Any]] = LRUCache(int(run_cache_mb * 2**20))
+    lanes = Lanes(workers, big_concurrency, run_cache, int(run_cache_mb * 2**20), torch_threads)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await lanes.start()
+        try:
+            yield
+        finally:
+            lanes.close()
 
     app = FastAPI(
         # FastAPI's Swagger UI / ReDoc pages load their JS from a CDN; /docs is a local page instead.
@@ -686,31 +722,37 @@ def create_app(
         version=__version__,
         description="Optimizers walking 2D surfaces: every number the page draws comes from this API, "
         "which calls ravine.surfaces and ravine.simulate.",
+        lifespan=lifespan,
     )
-    app.state.max_concurrency = limit
-    state: dict[str, Any] = {"sem": None}
+    app.state.lanes = lanes
+    app.state.cache = cache
+    app.state.run_cache = run_cache
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=list(allowed_hosts), allow_ip_literals=allow_ip_hosts)
 
-    def semaphore() -> asyncio.Semaphore:
-        # Created lazily inside the running loop (TestClient and uvicorn each run their own loop).
-        if state["sem"] is None:
-            state["sem"] = asyncio.Semaphore(limit)
-        return state["sem"]
+    async def in_lane(kind: str, payload: str, small: bool, request: Request | None) -> bytes:
+        """``_work(kind, payload)`` in its lane; raises ClientGone if the client left first."""
+        receive = request.receive if request is not None else None
+        return await lanes.run("small" if small else "big", functools.partial(_work, kind), payload, receive)
 
-    async def computed(kind: str, req: Any, fn: Callable[[Any], Any], out_model: type) -> Response:
-        key = kind + ":" + req.model_dump_json()
+    async def computed(
+        kind: str, req: Any, fn: Callable[[Any], Any], out_model: type, request: Request | None = None
+    ) -> Response:
+        payload = req.model_dump_json()
+        key = kind + ":" + payload
         hit = cache.get(key)
         if hit is not None:
             return Response(content=hit, media_type="application/json", headers={"X-Ravine-Cache": "hit"})
-
-        def work() -> bytes:
-            return out_model.model_validate(fn(req)).model_dump_json().encode()
-
-        async with semaphore():
-            try:
-                body = await run_in_threadpool(work)
-            except (ValueError, TypeError) as exc:
-                # The library rejected a combination the models could not see (it names the argument).
-                return _validation_response([{"loc": ["body"], "msg": str(exc), "type": "value_error"}])
+        try:
+            if kind in _WORK:
+                body = await in_lane(kind, payload, getattr(req, "small", True), request)
+            else:  # a computation without a lane of its own: the thread pool
+                body = await run_in_threadpool(lambda: out_model.model_validate(fn(req)).model_dump_json().encode())
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it: the client has gone
+        except (ValueError, TypeError) as exc:
+            # The library rejected a combination the models could not see (it names the argument).
+            return _validation_response([{"loc": ["body"], "msg": str(exc), "type": "value_error"}])
         cache.put(key, body)
         return Response(content=body, media_type="application/json", headers={"X-Ravine-Cache": "miss"})
 
@@ -757,70 +799,61 @@ def create_app(
 
     @app.get("/api/limits", summary="The server's bounds on requests")
     def limits() -> dict[str, int]:
-        return {
-            "max_steps": models.MAX_STEPS,
-            "max_optimizers": models.MAX_OPTIMIZERS,
-            "max_sweep_side": models.MAX_SWEEP_SIDE,
-            "max_expression_length": models.MAX_EXPRESSION_LENGTH,
-            "max_trajectory_work": models.MAX_TRAJECTORY_WORK,
-            "max_sweep_work": models.MAX_SWEEP_WORK,
-            "max_grid": models.MAX_GRID,
-        }
+        return dict(models.LIMITS)
+
+    @app.get("/api/load", summary="The compute lanes: requests waiting and running, and how requests ended")
+    def load() -> dict[str, Any]:
+        return lanes.snapshot()
 
     @app.get("/api/surfaces", response_model=list[models.SurfaceOut], summary="Built-in surfaces")
     async def surfaces(
+        request: Request,
         grid: Annotated[
             models.GridSideQuery,
             Query(description=f"0: no grids; else an n x n contour grid each, n in [{models.MIN_GRID}, "
                   f"{models.MAX_GRID}]"),
         ] = 0,
     ) -> Response:
-        def work() -> bytes:
-            out = [_surface_out(rs.get(name), grid) for name in rs.names()]
-            return json.dumps(out, allow_nan=False).encode()
-
         key = f"surfaces:{grid}"
         body = cache.get(key)
         if body is None:
-            async with semaphore():
-                body = await run_in_threadpool(work)
+            try:
+                body = await in_lane("surfaces", str(grid), True, request)
+            except ClientGone:
+                return Response(status_code=499)
             cache.put(key, body)
         return Response(content=body, media_type="application/json")
 
     @app.post("/api/surface/grid", response_model=models.SurfaceOut, summary="Contour grid of one surface")
-    async def surface_grid(req: models.GridRequest) -> Response:
-        return await computed("grid", req, lambda r: _surface_out(r.surface.surface, r.n), models.SurfaceOut)
+    async def surface_grid(req: models.GridRequest, request: Request) -> Response:
+        return await computed("grid", req, lambda r: _surface_out(r.surface.surface, r.n), models.SurfaceOut, request)
 
     @app.post("/api/surface/check", response_model=models.ExpressionCheckOut, summary="Validate an expression")
-    async def surface_check(req: models.ExpressionCheck) -> Response:
+    async def surface_check(req: models.ExpressionCheck, request: Request) -> Response:
         try:
-            surface = rs.parse(req.expression, domain=req.domain) if req.domain else rs.parse(req.expression)
+            rs.parse(req.expression, domain=req.domain) if req.domain else rs.parse(req.expression)  # errors: 200
         except rs.ExpressionError as exc:
             error = f"{exc.problem} at position {exc.position}"
             return JSONResponse({"ok": False, "error": error, "position": exc.position, "surface": None})
         except ValueError as exc:  # a bad domain: nothing to point at in the text
             return JSONResponse({"ok": False, "error": str(exc), "position": None, "surface": None})
 
-        def work() -> bytes:
-            out = {"ok": True, "error": None, "position": None, "surface": _surface_out(surface, req.grid)}
-            return models.ExpressionCheckOut.model_validate(out).model_dump_json().encode()
-
-        async with semaphore():
-            body = await run_in_threadpool(work)
-        return Response(content=body, media_type="application/json")
+        return await computed("check", req, _check_out, models.ExpressionCheckOut, request)
 
     # ------------------------------------------------------------------ computations
     @app.post("/api/trajectories", response_model=models.TrajectoryOut, summary="Run optimizers (ravine.simulate.run)")
-    async def trajectories(req: models.TrajectoryRequest) -> Response:
-        return await computed("trajectories", req, lambda r: compute_trajectories(r, run_cache), models.TrajectoryOut)
+    async def trajectories(req: models.TrajectoryRequest, request: Request) -> Response:
+        return await computed(
+            "trajectories", req, lambda r: compute_trajectories(r, run_cache), models.TrajectoryOut, request
+        )
 
     @app.post("/api/sweep", response_model=models.SweepOut, summary="Hyperparameter sweep (ravine.simulate.sweep)")
-    async def sweep(req: models.SweepRequest) -> Response:
-        return await computed("sweep", req, compute_sweep, models.SweepOut)
+    async def sweep(req: models.SweepRequest, request: Request) -> Response:
+        return await computed("sweep", req, compute_sweep, models.SweepOut, request)
 
     @app.post("/api/curvature", response_model=models.CurvatureOut, summary="Hessian eigen-decomposition at a point")
-    async def curvature(req: models.CurvatureRequest) -> Response:
-        return await computed("curvature", req, compute_curvature, models.CurvatureOut)
+    async def curvature(req: models.CurvatureRequest, request: Request) -> Response:
+        return await computed("curvature", req, compute_curvature, models.CurvatureOut, request)
 
     @app.post("/api/python", response_model=models.PythonOut, summary="Python snippet reproducing a trajectory request")
     def python(req: models.TrajectoryRequest) -> dict[str, str]:

@@ -8,7 +8,9 @@ controls:
   ``MAX_SWEEP_SIDE`` x ``MAX_SWEEP_SIDE`` cells, expressions at most ``MAX_EXPRESSION_LENGTH``
   characters;
 - total work is capped: ``optimizers x steps <= MAX_TRAJECTORY_WORK`` and
-  ``sweep cells x steps <= MAX_SWEEP_WORK`` (row-steps of the batched simulator);
+  ``sweep cells x steps <= MAX_SWEEP_WORK`` (row-steps of the batched simulator); a request within
+  ``SMALL_TRAJECTORY_WORK`` / ``SMALL_SWEEP_WORK`` is computed in the server's small lane, which never waits
+  behind bigger ones (``TrajectoryRequest.small``); :data:`LIMITS` holds every bound (``GET /api/limits``);
 - every float is finite (``NaN``/``inf`` in a request is a 422), and types are strict: a JSON number
   where a number is asked, an integer where an integer is (``true`` or ``"5"`` for ``steps`` is a 422),
   ``true``/``false`` where a boolean is;
@@ -71,6 +73,25 @@ MAX_DOMAIN = 1e4
 MAX_TRAJECTORY_WORK = MAX_OPTIMIZERS * MAX_STEPS
 #: sweep cells x steps of one sweep request (e.g. 128 x 128 cells x 256 steps, 64 x 64 x 1024).
 MAX_SWEEP_WORK = 128 * 128 * 256
+#: The small lane (``ravine.web._serving``): a trajectory request of at most this many optimizers x steps
+#: (the page's 6 x 500 fits five times; 16 x 1000 fits) never waits behind big requests.
+SMALL_TRAJECTORY_WORK = 16 * 1000
+#: The small lane's bound on sweep cells x steps (a 32 x 32 sweep of 250 steps fits).
+SMALL_SWEEP_WORK = 32 * 32 * 250
+
+#: Every bound on a request, in one place (``GET /api/limits`` serves this dict).
+LIMITS: dict[str, int] = {
+    "max_steps": MAX_STEPS,
+    "max_optimizers": MAX_OPTIMIZERS,
+    "max_sweep_side": MAX_SWEEP_SIDE,
+    "max_expression_length": MAX_EXPRESSION_LENGTH,
+    "max_trajectory_work": MAX_TRAJECTORY_WORK,
+    "max_sweep_work": MAX_SWEEP_WORK,
+    "max_grid": MAX_GRID,
+    "min_grid": MIN_GRID,
+    "small_trajectory_work": SMALL_TRAJECTORY_WORK,
+    "small_sweep_work": SMALL_SWEEP_WORK,
+}
 
 #: A float that is not NaN or infinite (a JSON number: ``true`` or ``"1"`` is refused).
 Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]
@@ -540,6 +561,16 @@ class TrajectoryRequest(_RunCommon):
 
     optimizers: list[OptimizerSpec] = Field(..., min_length=1, max_length=MAX_OPTIMIZERS)
 
+    @property
+    def work(self) -> int:
+        """optimizers x steps."""
+        return len(self.optimizers) * self.steps
+
+    @property
+    def small(self) -> bool:
+        """Whether the request is computed in the small lane (``work <= SMALL_TRAJECTORY_WORK``)."""
+        return self.work <= SMALL_TRAJECTORY_WORK
+
     @model_validator(mode="after")
     def _work(self) -> TrajectoryRequest:
         work = len(self.optimizers) * self.steps
@@ -591,6 +622,16 @@ class SweepRequest(_RunCommon):
     optimizer: OptimizerSpec
     x: AxisSpec
     y: AxisSpec
+
+    @property
+    def work(self) -> int:
+        """sweep cells x steps."""
+        return self.x.n * self.y.n * self.steps
+
+    @property
+    def small(self) -> bool:
+        """Whether the request is computed in the small lane (``work <= SMALL_SWEEP_WORK``)."""
+        return self.work <= SMALL_SWEEP_WORK
 
     @model_validator(mode="after")
     def _axes(self) -> SweepRequest:

@@ -1,0 +1,431 @@
+"""How the playground server shares its machine among many clients: compute lanes, stop flags, a byte-bounded
+cache and the Host check.
+
+**Lanes.** Every request that computes is placed in one of two lanes by its work (the bounds are
+:data:`ravine.web.models.LIMITS`, served at ``GET /api/limits``):
+
+- ``small``: requests within the small-work bounds (the page's trajectories while a slider moves, a contour
+  grid, a Hessian); ``small_limit`` of them compute at once;
+- ``big``: the rest (up to the hard caps of the models); ``big_limit`` at once (default 1).
+
+Each lane has its own executor and its own FIFO queue (an ``asyncio.Semaphore`` of the lane's size, so every
+job handed to an executor starts at once). A small request therefore never waits for a big one: while a
+maximal request computes in the big lane, the small lane keeps serving. Waiting requests are served in
+arrival order, so none is starved.
+
+**Where the work runs.** ``workers=0``: threads of the server process (one for the small lane, ``big_limit``
+for the big one); the work holds the GIL, so the two lanes share one core, but neither blocks the other.
+``workers=N``: processes (``ProcessPoolExecutor``, "spawn"): N for the small lane and ``big_limit`` for the
+big one, so the lanes use separate cores. A process job gets its request as JSON (validated again there)
+and returns the encoded response; each process keeps its own cache of runs.
+
+**Stopping.** A job carries a stop flag: a ``threading.Event`` (threads) or one slot of a shared
+``multiprocessing.Array`` handed to the processes when they start. The compute function passes
+``should_stop`` to ``ravine.simulate``, which checks it every ``STOP_CHECK_STEPS`` steps and raises
+``ravine.simulate.Stopped``. The server watches each request's ASGI ``receive`` channel: when the client
+disconnects, a queued job is dropped before it starts and a running one is flagged (and its lane slot is
+freed only once the work has stopped). :class:`LaneStats` counts what each lane finished and stopped
+(``GET /api/load``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import multiprocessing
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from ravine.simulate import Stopped
+
+# ---------------------------------------------------------------------------------------------------
+# A cache bounded by bytes.
+
+_V = TypeVar("_V")
+
+
+def nbytes(value: Any) -> int:
+    """An estimate of the memory ``value`` holds: bytes and strings by length, numpy arrays by ``nbytes``,
+    dicts, lists and tuples by their items (plus 64 bytes per container and item); anything else 64."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return len(value)
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, dict):
+        return 64 + sum(64 + nbytes(k) + nbytes(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return 64 + sum(64 + nbytes(v) for v in value)
+    return 64
+
+
+class LRUCache(Generic[_V]):
+    """A thread-safe least-recently-used cache bounded by the total bytes of its entries.
+
+    An entry's size is ``len(key) + size_of(value)`` (:func:`nbytes` by default); putting an entry evicts
+    the least recently used ones until the total is at most ``max_bytes`` again. An entry larger than
+    ``max_bytes`` on its own is not stored (``max_bytes`` 0: nothing is). The server keeps two: encoded
+    responses keyed by the canonical request JSON, and single runs keyed by everything that determines a run.
+    """
+
+    def __init__(self, max_bytes: int, size_of: Callable[[Any], int] = nbytes):
+        self.max_bytes = int(max_bytes)
+        self._size_of = size_of
+        self._entries: OrderedDict[str, tuple[_V, int]] = OrderedDict()
+        self._total = 0
+        self._lock = threading.Lock()
+
+    @property
+    def total_bytes(self) -> int:
+        """The bytes of all entries now stored (never more than ``max_bytes``)."""
+        return self._total
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> _V | None:
+        """The value stored under ``key`` (now the most recently used), or ``None``."""
+        with self._lock:
+            item = self._entries.get(key)
+            if item is None:
+                return None
+            self._entries.move_to_end(key)
+            return item[0]
+
+    def put(self, key: str, value: _V) -> None:
+        """Store ``value`` under ``key``, evicting least recently used entries until the total fits ``max_bytes``.
+
+        Args:
+            key: the entry's key.
+            value: the value to store.
+        """
+        size = len(key) + int(self._size_of(value))
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._total -= old[1]
+            if size > self.max_bytes:
+                return
+            self._entries[key] = (value, size)
+            self._total += size
+            while self._total > self.max_bytes:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self._total -= evicted
+
+
+# ---------------------------------------------------------------------------------------------------
+# Lanes.
+
+#: A compute function: ``fn(payload, should_stop, run_cache) -> encoded response``. For process workers it
+#: must be picklable (a module-level function, or a ``functools.partial`` of one).
+WorkFn = Callable[[str, Callable[[], bool], Any], bytes]
+
+# State of a worker process (set by _init_worker): the shared stop flags and the process's run cache.
+_FLAGS: Any = None
+_RUN_CACHE: LRUCache | None = None
+
+
+def _init_worker(flags: Any, run_cache_bytes: int, torch_threads: int | None) -> None:
+    global _FLAGS, _RUN_CACHE
+    import torch
+
+    if torch_threads is not None:
+        torch.set_num_threads(max(1, int(torch_threads)))
+    _FLAGS = flags
+    _RUN_CACHE = LRUCache(run_cache_bytes)
+
+
+def _in_worker(fn: WorkFn, payload: str, slot: int) -> bytes:
+    flags = _FLAGS
+    return fn(payload, lambda: flags[slot] != 0, _RUN_CACHE)
+
+
+def _warm() -> int:
+    """Run in each new worker process at start: imports and one tiny run, so the first request is not slow."""
+    import ravine.simulate as sim
+
+    sim.run("bowl", ["adam"], steps=2)
+    return 0
+
+
+class ClientGone(Exception):
+    """The client disconnected before its response was ready; its work was dropped or stopped."""
+
+
+@dataclass
+class LaneStats:
+    """Counters of one lane (``GET /api/load``): jobs waiting and running now, and how jobs ended."""
+
+    limit: int
+    queued: int = 0
+    running: int = 0
+    finished: int = 0
+    failed: int = 0
+    cancelled_queued: int = 0
+    stopped_running: int = 0
+
+
+async def _until_disconnect(receive: Callable[[], Awaitable[dict]]) -> None:
+    """Return when the ASGI channel ``receive`` says the client disconnected (the body has been read)."""
+    while True:
+        message = await receive()
+        if message.get("type") == "http.disconnect":
+            return
+
+
+class Lanes:
+    """The small and the big lane of a server, their executors and counters (see the module docstring).
+
+    Args:
+        workers: 0: compute in threads of the server process; N >= 1: in N processes (small lane) plus
+            ``big_limit`` processes (big lane).
+        big_limit: how many big requests compute at once.
+        run_cache: the run cache handed to compute functions in thread mode.
+        run_cache_bytes: the bound of each worker process's own run cache (process mode).
+        torch_threads: ``torch.set_num_threads`` in each worker process.
+    """
+
+    def __init__(
+        self,
+        workers: int = 0,
+        big_limit: int = 1,
+        run_cache: Any = None,
+        run_cache_bytes: int = 0,
+        torch_threads: int | None = 1,
+    ):
+        self.workers = int(workers)
+        self.mode = "processes" if self.workers > 0 else "threads"
+        limits = {"small": max(1, self.workers), "big": max(1, int(big_limit))}
+        self.stats = {lane: LaneStats(limit=n) for lane, n in limits.items()}
+        self._run_cache = run_cache
+        self._run_cache_bytes = int(run_cache_bytes)
+        self._torch_threads = torch_threads
+        self._executors: dict[str, Executor] = {}
+        self._sems: dict[str, asyncio.Semaphore] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        slots = sum(limits.values())
+        spawn = multiprocessing.get_context("spawn")
+        self._flags = spawn.Array("b", slots, lock=False) if self.mode == "processes" else None
+        self._free_slots = list(range(slots))
+
+    def executor(self, lane: str) -> Executor:
+        """The executor of ``lane`` (created on first use)."""
+        with self._lock:
+            ex = self._executors.get(lane)
+            if ex is None:
+                n = self.stats[lane].limit
+                if self.mode == "threads":
+                    ex = ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"ravine-{lane}")
+                else:
+                    ex = ProcessPoolExecutor(
+                        max_workers=n,
+                        mp_context=multiprocessing.get_context("spawn"),
+                        initializer=_init_worker,
+                        initargs=(self._flags, self._run_cache_bytes, self._torch_threads),
+                    )
+                self._executors[lane] = ex
+            return ex
+
+    async def start(self) -> None:
+        """Start the worker processes (each imports ravine and runs a tiny simulation), or nothing for threads."""
+        if self.mode != "processes":
+            return
+        loop = asyncio.get_running_loop()
+        jobs = []
+        for lane, stats in self.stats.items():
+            ex = self.executor(lane)
+            jobs += [loop.run_in_executor(ex, _warm) for _ in range(stats.limit)]
+        await asyncio.gather(*jobs)
+
+    def close(self) -> None:
+        """Stop every running job (its flag is set), drop the queued ones and shut the executors down."""
+        if self._flags is not None:
+            for i in range(len(self._flags)):
+                self._flags[i] = 1
+        with self._lock:
+            executors, self._executors = list(self._executors.values()), {}
+        for ex in executors:
+            ex.shutdown(wait=False, cancel_futures=True)
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"mode", "workers", "lanes": {lane: LaneStats as a dict}}``."""
+        return {"mode": self.mode, "workers": self.workers, "lanes": {k: asdict(v) for k, v in self.stats.items()}}
+
+    def _semaphore(self, lane: str) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a new event loop (TestClient and uvicorn each run their own)
+            self._loop, self._sems = loop, {k: asyncio.Semaphore(v.limit) for k, v in self.stats.items()}
+        return self._sems[lane]
+
+    async def run(
+        self, lane: str, fn: WorkFn, payload: str, receive: Callable[[], Awaitable[dict]] | None = None
+    ) -> bytes:
+        """Compute ``fn(payload, should_stop, run_cache)`` in ``lane`` and return its bytes.
+
+        Args:
+            lane: ``"small"`` or ``"big"``.
+            fn: the compute function (see :data:`WorkFn`).
+            payload: the request as JSON.
+            receive: the request's ASGI receive channel, watched for a disconnect (``None``: not watched).
+
+        Returns:
+            The encoded response.
+
+        Raises:
+            ClientGone: the client disconnected; the job was dropped (queued) or stopped (running).
+        """
+        stats, sem = self.stats[lane], self._semaphore(lane)
+        gone = asyncio.ensure_future(_until_disconnect(receive)) if receive is not None else None
+        try:
+            stats.queued += 1
+            acquire = asyncio.ensure_future(sem.acquire())
+            try:
+                await asyncio.wait({acquire, gone} if gone is not None else {acquire},
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stats.queued -= 1
+            if not acquire.done() or acquire.cancelled():
+                acquire.cancel()
+                stats.cancelled_queued += 1
+                raise ClientGone
+            try:
+                return await self._compute(lane, stats, fn, payload, gone)
+            finally:
+                sem.release()
+        finally:
+            if gone is not None:
+                gone.cancel()
+
+    async def _compute(
+        self, lane: str, stats: LaneStats, fn: WorkFn, payload: str, gone: asyncio.Future | None
+    ) -> bytes:
+        loop = asyncio.get_running_loop()
+        stats.running += 1
+        if self.mode == "threads":
+            event = threading.Event()
+            stop, slot = event.set, None
+            future = loop.run_in_executor(self.executor(lane), fn, payload, event.is_set, self._run_cache)
+        else:
+            assert self._flags is not None
+            slot = self._free_slots.pop()
+            self._flags[slot] = 0
+            flags = self._flags
+
+            def stop() -> None:
+                flags[slot] = 1
+
+            future = loop.run_in_executor(self.executor(lane), _in_worker, fn, payload, slot)
+        try:
+            if gone is not None:
+                await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not future.done():
+                    stop()
+            try:
+                body = await future
+            except Stopped:
+                stats.stopped_running += 1
+                raise ClientGone from None
+            except BaseException:
+                stats.failed += 1
+                raise
+            stats.finished += 1
+            if gone is not None and gone.done():
+                raise ClientGone
+            return body
+        finally:
+            stats.running -= 1
+            if slot is not None:
+                self._free_slots.append(slot)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The Host check (DNS rebinding).
+
+#: Names that always mean this machine.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _host_name(header: str) -> str:
+    """The host of a ``Host`` header, without its port and brackets, lower case."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        return h[1:].split("]", 1)[0]
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class HostCheck:
+    """ASGI middleware: a request whose ``Host`` is not an allowed name gets a 400 that says why.
+
+    A page on another site can make a browser send requests to ``127.0.0.1`` under its own name (DNS
+    rebinding: its name is re-pointed to this machine); such requests carry that name in ``Host``, so
+    answering only to the bound address and the names given closes the hole.
+
+    Args:
+        app: the ASGI app to guard.
+        allowed: host names (without port) to answer to; ``"*"`` allows every name, ``"*.example.org"``
+            a domain's subdomains.
+        allow_ip_literals: also answer to any IP address (a rebinding needs a name, never an IP literal;
+            the server sets it when bound to every interface, ``0.0.0.0`` or ``::``).
+    """
+
+    def __init__(self, app: Any, allowed: Sequence[str], allow_ip_literals: bool = False):
+        self.app = app
+        self.allowed = tuple(dict.fromkeys(_host_name(a) if a != "*" else a for a in allowed))
+        self.allow_ip_literals = allow_ip_literals
+
+    def allows(self, header: str | None) -> bool:
+        """Whether a request with ``Host: header`` is answered."""
+        if "*" in self.allowed:
+            return True
+        if not header:
+            return False
+        name = _host_name(header)
+        if self.allow_ip_literals and _is_ip(name):
+            return True
+        return any(name == a or (a.startswith("*.") and name.endswith(a[1:])) for a in self.allowed)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """Answer a request whose Host is not allowed with a plain-text 400; pass the others to the app."""
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        raw = headers.get(b"host")
+        header = raw.decode("latin-1") if raw is not None else None
+        if self.allows(header):
+            await self.app(scope, receive, send)
+            return
+        names = ", ".join(self.allowed) + (", any IP address" if self.allow_ip_literals else "")
+        shown = repr(header) if header is not None else "missing"
+        text = (
+            f"400 Bad Request: Host header {shown} is not allowed; this server answers to: {names}. "
+            "(This protects the playground from DNS rebinding. To reach it under another name, start it "
+            f"with: ravine serve --allowed-host {_host_name(header) if header else 'NAME'})\n"
+        )
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        body = text.encode()
+        await send({
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())],
+        })
+        await send({"type": "http.response.body", "body": body})
+
