@@ -16,7 +16,11 @@ evaluation mode). The package holds, one concern a file:
 - ``_sharpness``: :func:`sam_sharpness` (Foret et al. 2021), :func:`keskar_sharpness` (Keskar et
   al. 2017), :func:`preconditioned_sharpness` for Adam (Cohen et al. 2022),
   :func:`stability_threshold` (``2 / lr`` for GD, ``38 / lr`` for Adam with ``beta1 = 0.9``) and
-  its inverse :func:`max_stable_lr`, and the summary :func:`sharpness`.
+  its inverse :func:`max_stable_lr`, :func:`stability_rule` (the one map from an optimizer and its
+  hyperparameters to its rule: GD, heavy-ball and EMA momentum, Adam), and the summary :func:`sharpness`;
+- ``_monitor``: :class:`SharpnessMonitor`, the Edge-of-Stability monitor for a training loop (every
+  few steps: ``lambda_max``, the optimizer's threshold from its current hyperparameters, their ratio,
+  Adam's preconditioned sharpness; warm-started, leaving the model, gradients and RNG untouched).
 
 :func:`evaluation_mode` (every submodule in eval mode, each flag restored) is
 :func:`ravine._nn.evaluation_mode`, re-exported.
@@ -24,18 +28,21 @@ evaluation mode). The package holds, one concern a file:
 
 from ravine._nn import evaluation_mode
 from ravine.curvature._eigen import EigenResult, hessian_eigenvalues
+from ravine.curvature._monitor import SharpnessMonitor
 from ravine.curvature._operator import HessianOperator
 from ravine.curvature._sharpness import (
     KeskarSharpness,
     PreconditionedSharpness,
     SamSharpness,
     SharpnessReport,
+    StabilityRule,
     adam_preconditioner,
     keskar_sharpness,
     max_stable_lr,
     preconditioned_sharpness,
     sam_sharpness,
     sharpness,
+    stability_rule,
     stability_threshold,
 )
 from ravine.curvature._spectrum import (
@@ -69,6 +76,9 @@ __all__ = [
     "preconditioned_sharpness",
     "stability_threshold",
     "max_stable_lr",
+    "StabilityRule",
+    "stability_rule",
+    "SharpnessMonitor",
     "critical_point_kind",
     "sharpness",
 ]

@@ -31,6 +31,8 @@ __all__ = [
     "preconditioned_sharpness",
     "stability_threshold",
     "max_stable_lr",
+    "StabilityRule",
+    "stability_rule",
     "SharpnessReport",
     "sharpness",
 ]
@@ -223,6 +225,7 @@ def preconditioned_sharpness(
     seed: int = 0,
     hvp: str = "auto",
     dtype: torch.dtype | None = None,
+    v0: Tensor | None = None,
 ) -> PreconditionedSharpness:
     """Adam's preconditioned sharpness ``lambda_max(P^{-1} H)`` (Cohen et al. 2022).
 
@@ -236,6 +239,9 @@ def preconditioned_sharpness(
     and hovers at ``(2 + 2 beta1) / ((1 - beta1) lr)``, which is ``38 / lr`` for ``beta1 = 0.9``
     (``threshold``, when ``lr`` is known, from the optimizer's single learning rate or ``lr=``);
     the analogue for plain gradient descent is ``lambda_max(H)`` at ``2 / lr``.
+
+    ``v0`` (a flat nonzero vector of length ``P``, in the coordinates of ``P^{-1/2} H P^{-1/2}``, e.g. a
+    previous result's ``eigen.vectors[0]``) replaces Lanczos's random start: a warm start.
     """
     if isinstance(model, HessianOperator):
         op = model
@@ -269,9 +275,13 @@ def preconditioned_sharpness(
     tol = check("tol", tol, _POSITIVE)
     max_iter = check("max_iter", max_iter, Interval.finite(int, 1))
     gen = _generator(seed)
+    if v0 is not None:
+        v0 = op._check_vector("v0", v0)
+        if not bool(torch.isfinite(v0).all()) or float(v0.norm()) == 0.0:
+            raise ValueError("v0 must be a finite nonzero vector (the start of the iteration)")
     start = op.num_hvps
     vals, vecs, res, _, converged = _lanczos_extreme(
-        matvec, op.dim, 1, "largest", tol, max_iter, 40, gen, op.device, op.dtype
+        matvec, op.dim, 1, "largest", tol, max_iter, 40, gen, op.device, op.dtype, v0
     )
     if not converged:
         warnings.warn(
@@ -337,6 +347,183 @@ def max_stable_lr(lambda_max: float, optimizer: str = "gd", *, beta1: float = 0.
     if not math.isfinite(lambda_max) or lambda_max <= 0:
         return None
     return c / lambda_max
+
+
+# names -> family of the stability rule (ravine.optim's registry names, its transforms' names, torch's classes)
+_GD_NAMES = ("gd",)
+_SGD_NAMES = ("sgd", "torch_sgd", "SGD")
+_MOMENTUM_NAMES = ("momentum",)
+_ADAM_NAMES = ("adam", "adamw", "adam_l2", "torch_adam", "torch_adamw", "Adam", "AdamW")
+
+
+@dataclass(frozen=True)
+class StabilityRule:
+    """An optimizer's stability rule on the local quadratic model (what :func:`stability_rule` returns).
+
+    Full-batch training with learning rate ``lr`` is stable on the quadratic while
+    ``(sharpness + shift) * lr * lr_scale < constant``, where ``sharpness`` is ``lambda_max(H)``
+    (``curvature == "hessian"``: GD, heavy-ball and EMA momentum) or Adam's preconditioned sharpness
+    ``lambda_max(P^{-1} H)`` (``curvature == "preconditioned"``). ``kind`` is ``"gd"``,
+    ``"heavy_ball"``, ``"ema_momentum"``, ``"adam"``, or ``None`` when no closed-form rule is known
+    (Nesterov momentum, RMSProp, Adagrad, Lion, ...: then ``constant`` is NaN and every method returns
+    ``None``). ``text`` states the rule for people (``"2(1+β)/λmax (heavy ball, β = 0.9)"``).
+    """
+
+    name: str
+    kind: str | None
+    curvature: str | None
+    constant: float
+    beta: float | None = None
+    lr_scale: float = 1.0
+    shift: float = 0.0
+    text: str = ""
+
+    def threshold(self, lr: float) -> float | None:
+        """The sharpness at which a step of ``lr`` turns unstable: ``constant / (lr lr_scale) - shift``.
+
+        Args:
+            lr: the learning rate (``> 0``).
+
+        Returns:
+            The threshold to compare ``sharpness`` with, or ``None`` when the rule has no closed form.
+        """
+        if self.kind is None:
+            return None
+        lr = check("lr", lr, _POSITIVE)
+        return self._rule_threshold(lr * self.lr_scale) - self.shift
+
+    def ratio(self, sharpness: float, lr: float) -> float | None:
+        """``(sharpness + shift) lr lr_scale / constant``: 1 exactly at the threshold, above 1 unstable.
+
+        Args:
+            sharpness: ``lambda_max(H)``, or the preconditioned sharpness for ``curvature == "preconditioned"``.
+            lr: the learning rate (``> 0``).
+
+        Returns:
+            The ratio, or ``None`` when the rule has no closed form or ``sharpness`` is not finite.
+        """
+        if self.kind is None or not math.isfinite(sharpness):
+            return None
+        lr = check("lr", lr, _POSITIVE)
+        return (sharpness + self.shift) / self._rule_threshold(lr * self.lr_scale)
+
+    def max_lr(self, sharpness: float) -> float | None:
+        """The largest stable learning rate at ``sharpness``: :func:`max_stable_lr` of ``(sharpness + shift) lr_scale``.
+
+        Args:
+            sharpness: ``lambda_max(H)``, or the preconditioned sharpness for ``curvature == "preconditioned"``.
+
+        Returns:
+            The limit, or ``None`` (no closed-form rule, or no positive curvature: no limit).
+        """
+        if self.kind is None:
+            return None
+        curvature = (sharpness + self.shift) * self.lr_scale
+        if self.kind == "gd":
+            return max_stable_lr(curvature)
+        if self.kind == "adam":
+            return max_stable_lr(curvature, "adam", beta1=self.beta)
+        return max_stable_lr(curvature, "momentum", beta1=self.beta)
+
+    def _rule_threshold(self, lr: float) -> float:
+        if self.kind == "gd":
+            return stability_threshold(lr)
+        if self.kind == "adam":
+            return stability_threshold(lr, "adam", beta1=self.beta)
+        return stability_threshold(lr, "momentum", beta1=self.beta)
+
+
+def _optimizer_name(optimizer: torch.optim.Optimizer) -> str:
+    """The rule's name for a torch optimizer: ravine's transform name, else the torch class name."""
+    transform = getattr(optimizer, "transform", None)
+    name = getattr(transform, "name", None)
+    return name if isinstance(name, str) else type(optimizer).__name__
+
+
+def stability_rule(
+    optimizer: str | torch.optim.Optimizer, hyperparams: dict | None = None, *, group: int = 0
+) -> StabilityRule:
+    """The one map from an optimizer and its hyperparameters to its stability rule.
+
+    The rule is :func:`stability_threshold`'s (full-batch training on the local quadratic model),
+    mapped to the optimizer's own parametrization:
+
+    - ``gd``, and SGD without momentum (``"sgd"``, ``"torch_sgd"``, ``torch.optim.SGD``): ``lambda_max < 2 / lr``;
+      coupled L2 weight decay ``wd`` adds ``wd`` to every eigenvalue: ``lambda_max + wd < 2 / lr``;
+    - heavy ball (SGD with momentum ``mu``; ``ravine.optim.momentum(form="heavy_ball")``; buffer
+      ``b <- beta b + (1 - d) g`` with dampening ``d``): ``(lambda_max + wd) (1 - d) lr < 2 (1 + beta)``;
+    - EMA momentum (``ravine.optim.momentum``, the chapter's ``v <- beta v + (1 - beta) g``): heavy ball
+      at learning rate ``lr (1 - beta)``, so ``lambda_max < 2 (1 + beta) / ((1 - beta) lr)``;
+    - Adam and AdamW (``"adam"``, ``"adamw"``, ``"adam_l2"``, torch's and ravine's classes): the
+      preconditioned sharpness ``lambda_max(P^{-1} H) < (2 + 2 beta1) / ((1 - beta1) lr)``, ``38 / lr``
+      at ``beta1 = 0.9`` (Cohen et al. 2022; weight decay is left out of this rule);
+    - Nesterov momentum and every other optimizer: no closed-form rule (``kind=None``).
+
+    Args:
+        optimizer: a name (ravine.optim's registry names, its transforms' names such as
+            ``"torch_sgd"``, or torch's class names ``"SGD"``, ``"Adam"``, ``"AdamW"``) with
+            ``hyperparams``, or a ``torch.optim.Optimizer`` (torch's, or ``ravine.optim.Optimizer``),
+            whose name and *current* hyperparameters (``param_groups[group]``, after any scheduler)
+            are read.
+        hyperparams: the optimizer's hyperparameters by name (``momentum``, ``dampening``,
+            ``weight_decay``, ``nesterov``, ``beta``, ``form``, ``betas`` or ``b1``); missing ones take
+            torch's defaults (no momentum, no decay; ravine's ``momentum`` uses ``beta=0.9``, ``form="ema"``).
+            Ignored when ``optimizer`` is a torch optimizer.
+        group: the param group read from a torch optimizer.
+
+    Returns:
+        The :class:`StabilityRule`; ``rule.threshold(lr)`` is the sharpness limit, ``rule.max_lr(lambda_max)``
+        the learning-rate limit.
+    """
+    if isinstance(optimizer, torch.optim.Optimizer):
+        groups = optimizer.param_groups
+        group = check("group", group, Interval(int, 0, len(groups), closed="left"))
+        name, hp = _optimizer_name(optimizer), dict(groups[group])
+    elif isinstance(optimizer, str):
+        name, hp = optimizer, dict(hyperparams or {})
+    else:
+        raise TypeError(f"optimizer must be a name or a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    wd = float(hp.get("weight_decay", 0.0) or 0.0)
+    if name in _GD_NAMES or (name in _SGD_NAMES and not hp.get("nesterov") and not hp.get("momentum")):
+        shift = wd if name in _SGD_NAMES else 0.0
+        extra = f" + {wd:g}" if shift else ""
+        return StabilityRule(
+            name,
+            "gd",
+            "hessian",
+            2.0,
+            shift=shift,
+            text=f"2/(λmax{extra}) (gradient descent)" if shift else "2/λmax (gradient descent)",
+        )
+    if name in _SGD_NAMES and not hp.get("nesterov"):
+        mu, d = float(hp["momentum"]), float(hp.get("dampening", 0.0) or 0.0)
+        extra = f" + {wd:g}" if wd else ""
+        damp = f"(1−{d:g})" if d else ""
+        text = f"2(1+μ)/({damp}λmax{extra}) (heavy ball, μ = {mu:g})"
+        return StabilityRule(name, "heavy_ball", "hessian", 2.0 + 2.0 * mu, mu, 1.0 - d, wd, text)
+    if name in _MOMENTUM_NAMES and not hp.get("nesterov"):
+        beta = float(hp.get("beta", 0.9))
+        if hp.get("form", "ema") == "heavy_ball":
+            d = float(hp.get("dampening", 0.0) or 0.0)
+            damp = f"(1−{d:g})" if d else ""
+            text = f"2(1+β)/({damp}λmax) (heavy ball, β = {beta:g})"
+            return StabilityRule(name, "heavy_ball", "hessian", 2.0 + 2.0 * beta, beta, 1.0 - d, 0.0, text)
+        text = f"2(1+β)/((1−β)λmax) (EMA momentum, β = {beta:g})"
+        return StabilityRule(name, "ema_momentum", "hessian", 2.0 + 2.0 * beta, beta, 1.0 - beta, 0.0, text)
+    if name in _ADAM_NAMES:
+        b1 = _group_betas(hp, (0.9, 0.999))[0]
+        c = _stability_constant("adam", b1)
+        text = f"(2+2β1)/((1−β1) λmax(P⁻¹H)) = {c:g}/λmax(P⁻¹H) (Adam, β1 = {b1:g})"
+        return StabilityRule(name, "adam", "preconditioned", c, b1, text=text)
+    if name in _SGD_NAMES + _MOMENTUM_NAMES + ("nesterov",):
+        return StabilityRule(name, None, None, math.nan, text="no closed-form lr limit drawn for Nesterov momentum")
+    return StabilityRule(
+        name,
+        None,
+        None,
+        math.nan,
+        text=f"no closed-form lr limit for {name} (an adaptive optimizer's limit is on its preconditioned curvature)",
+    )
 
 
 @dataclass

@@ -446,40 +446,17 @@ def stability_limit(spec: models.OptimizerSpec, lambda_max: float | None) -> dic
     Returns:
         ``{"name", "lr", "rule"}``: the limit (``None`` where none exists, or ``lambda_max <= 0``) and the rule.
     """
+    from ravine.curvature import stability_rule  # the one optimizer -> stability rule map
+
     hp = {**ro.get(spec.name).hyperparams, **spec.hyperparams}
-    name = spec.name
-
-    def out(scale: float, rule: str, beta: float | None = None, shift: float = 0.0) -> dict[str, Any]:
-        lr = None
-        if lambda_max is not None:
-            curvature = (lambda_max + shift) * scale
-            lr = max_stable_lr(curvature) if beta is None else max_stable_lr(curvature, "momentum", beta1=beta)
-        if lr is None and lambda_max is not None:
-            rule += ": no positive curvature, no lr limit here"
-        return {"name": name, "lr": lr, "rule": rule}
-
-    if name == "gd":
-        return out(1.0, "2/λmax (gradient descent)")
-    if name == "sgd" and not hp.get("nesterov"):
-        mu, wd = float(hp.get("momentum", 0.0)), float(hp.get("weight_decay", 0.0))
-        extra = f" + {wd:g}" if wd else ""
-        if mu == 0:
-            return out(1.0, f"2/(λmax{extra}) (gradient descent)", shift=wd)
-        return out(1.0, f"2(1+μ)/(λmax{extra}) (heavy ball, μ = {mu:g})", beta=mu, shift=wd)
-    if name == "momentum" and not hp.get("nesterov"):
-        beta = float(hp["beta"])
-        if hp.get("form") == "heavy_ball":
-            d = float(hp.get("dampening", 0.0))
-            damp = f"(1−{d:g})" if d else ""
-            return out(1.0 - d, f"2(1+β)/({damp}λmax) (heavy ball, β = {beta:g})", beta=beta)
-        return out(1.0 - beta, f"2(1+β)/((1−β)λmax) (EMA momentum, β = {beta:g})", beta=beta)
-    if name in ("sgd", "momentum", "nesterov"):
-        return {"name": name, "lr": None, "rule": "no closed-form lr limit drawn for Nesterov momentum"}
-    return {
-        "name": name,
-        "lr": None,
-        "rule": f"no fixed lr limit: {name} preconditions its steps (the limit is on the preconditioned curvature)",
-    }
+    rule = stability_rule(spec.name, hp)
+    if rule.curvature != "hessian":  # Nesterov, or preconditioned: no limit on lambda_max(H) alone
+        return {"name": spec.name, "lr": None, "rule": rule.text}
+    lr = rule.max_lr(lambda_max) if lambda_max is not None else None
+    text = rule.text
+    if lr is None and lambda_max is not None:
+        text += ": no positive curvature, no lr limit here"
+    return {"name": spec.name, "lr": lr, "rule": text}
 
 
 def compute_curvature(req: models.CurvatureRequest) -> dict[str, Any]:
