@@ -12,6 +12,7 @@ The layers, bottom to top (a module belongs to the longest prefix listed in ``TI
 - core: the pure helpers (``ravine`` itself, which holds only the version; ``_validation``, ``_io``,
   ``_nn``, ``_expr``), then ``ravine.optim``, then ``ravine.schedules``; the core imports only the
   standard library, torch and numpy;
+- execution: ``ravine.parallel`` (where independent tasks run: here, a process pool, Ray);
 - the 2D world: ``ravine.surfaces``, then ``ravine.simulate`` (which steps the surfaces);
 - real networks: ``ravine.landscape`` and ``ravine.curvature``, independent of each other;
 - ``ravine.plots``: draws from data; imports nothing above landscape/curvature;
@@ -37,6 +38,7 @@ TIERS: list[tuple[str, tuple[str, ...]]] = [
     ("core helpers", ("ravine", "ravine._validation", "ravine._io", "ravine._nn", "ravine._expr")),
     ("core", ("ravine.optim",)),
     ("core", ("ravine.schedules",)),
+    ("execution", ("ravine.parallel",)),
     ("2D world", ("ravine.surfaces",)),
     ("2D world", ("ravine.simulate",)),
     ("real networks", ("ravine.landscape", "ravine.curvature")),

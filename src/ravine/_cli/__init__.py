@@ -2,9 +2,11 @@
 
 Shared here: :func:`integer`, the argparse ``type`` that reads an integer flag through
 ``ravine._validation``; :data:`SEED` (``ravine.simulate``'s range of seeds) and :data:`THREADS`, the
-torch threads a command may ask for; and
+torch threads a command may ask for;
 :func:`check_outputs`, which runs ``ravine._io.check_output_path`` on a command's output arguments
-before any work.
+before any work; and :func:`add_executor_options` / :func:`executor_from`, the ``--workers N`` and
+``--cluster local|ADDRESS`` options of the commands whose work splits into independent tasks
+(:mod:`ravine.parallel`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,43 @@ from ravine._io import check_output_path
 from ravine._validation import Interval, check
 from ravine.simulate import _SEED as SEED  # the one range of seeds: a signed 64-bit integer, as torch takes
 
-__all__ = ["SEED", "THREADS", "check_outputs", "integer"]
+__all__ = ["SEED", "THREADS", "WORKERS", "add_executor_options", "check_outputs", "executor_from", "integer"]
 
 #: ``--threads`` of the commands that train: at least one, at most more than any machine here has cores.
 THREADS = Interval(int, 1, 1024)
+#: ``--workers``: local worker processes (or the CPUs of a local Ray instance).
+WORKERS = Interval(int, 1, 1024)
+
+
+def add_executor_options(p: argparse.ArgumentParser) -> None:
+    """Add ``--workers N`` and ``--cluster local|ADDRESS`` to a subcommand (see :func:`executor_from`)."""
+    p.add_argument(
+        "--workers",
+        type=integer("--workers", WORKERS),
+        default=None,
+        help="run independent pieces of work on N local worker processes (default: one after another here)",
+    )
+    p.add_argument(
+        "--cluster",
+        default=None,
+        metavar="local|ADDRESS",
+        help="run them on Ray: 'local' starts a local Ray instance (with --workers CPUs), ADDRESS joins a "
+        "running cluster (host:6379 or ray://host:10001); needs pip install 'ravine[cluster]'",
+    )
+
+
+def executor_from(args: argparse.Namespace) -> Any:
+    """The :class:`ravine.parallel.Executor` that ``--workers``/``--cluster`` ask for (close it when done).
+
+    Raises:
+        ValueError: ``--cluster`` without Ray installed (the message says how to install it).
+    """
+    from ravine.parallel import executor
+
+    try:
+        return executor(args.workers, args.cluster)
+    except ImportError as exc:  # an option this installation cannot serve: one line, not a traceback
+        raise ValueError(str(exc)) from None
 
 
 def integer(flag: str, interval: Interval) -> Callable[[str], int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ravine._cli import THREADS, check_outputs, integer
+from ravine._cli import THREADS, add_executor_options, check_outputs, executor_from, integer
 
 
 def register(sub) -> None:
@@ -28,6 +28,7 @@ def register(sub) -> None:
         default=1,
         help="torch threads while training (default 1: fastest for tiny models)",
     )
+    add_executor_options(p)
     p.set_defaults(func=run)
 
 
@@ -49,8 +50,13 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     size = "quick" if args.quick else "full"
-    store = claims.Store(Path(args.out) / size, size)
-    result = exp.run(store, claims.Progress(enabled=not args.no_progress), reuse=not args.rerun)
+    with executor_from(args) as ex:
+        store = claims.Store(Path(args.out) / size, size, ex)
+        try:
+            result = exp.run(store, claims.Progress(enabled=not args.no_progress), reuse=not args.rerun)
+        except claims.IncompleteExperiment as exc:  # no verdict from partial data; the good runs are kept
+            print(f"{args.name}: incomplete: {exc}")
+            return 1
     print(f"{result.name}: {result.verdict.status}  ({result.runtime_s:.1f} s, {len(result.runs)} runs)")
     print(f"claim: {result.claim}")
     for c in result.verdict.checks:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ravine._cli import THREADS, check_outputs, integer
+from ravine._cli import THREADS, add_executor_options, check_outputs, executor_from, integer
 from ravine._validation import Options, check
 
 
@@ -34,6 +34,7 @@ def register(sub) -> None:
         default=1,
         help="torch threads while training (default 1: fastest for tiny models)",
     )
+    add_executor_options(p)
     p.set_defaults(func=run)
 
 
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ravine._io import check_output_path
     from ravine.experiments import claims
     from ravine.report import report_path, run_report
+    from ravine.report.html import INCOMPLETE
 
     check_outputs(args, folders=("out",))
     size = "full" if args.full else "quick"
@@ -52,18 +54,21 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--only names no experiment, got {args.only!r}; valid names: {', '.join(claims.names())}")
         for name in only:
             check("--only", name, Options(claims.names()))
-    outcome = run_report(
-        size=size,
-        out=args.out,
-        experiments=only,
-        progress=not args.no_progress,
-        reuse=not args.rerun,
-        threads=args.threads,
-        gallery=not args.no_gallery,
-    )
+    with executor_from(args) as ex:
+        outcome = run_report(
+            size=size,
+            out=args.out,
+            experiments=only,
+            progress=not args.no_progress,
+            reuse=not args.rerun,
+            threads=args.threads,
+            gallery=not args.no_gallery,
+            executor=ex,
+        )
     for r in outcome.results:
         print(f"  {r.name:14s} {r.verdict.status:14s} {r.runtime_s:7.1f} s")
-    for name in outcome.errors:
-        print(f"  {name:14s} error (see the report)")
+    for name, message in outcome.errors.items():
+        kind = "incomplete" if message.startswith(INCOMPLETE) else "error"
+        print(f"  {name:14s} {kind} (see the report)")
     print(f"report: {outcome.path.resolve()}")
     return 1 if outcome.errors else 0

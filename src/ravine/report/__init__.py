@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from ravine._validation import Options, check
-from ravine.experiments.claims._core import SIZES, Progress, Result, Store
-from ravine.report.html import GalleryItem, render, write_atomic
+from ravine.experiments.claims._core import SIZES, IncompleteExperiment, Progress, Result, Store
+from ravine.parallel import Executor
+from ravine.report.html import INCOMPLETE, GalleryItem, render, write_atomic
 
 __all__ = ["ReportOutcome", "GalleryItem", "run_report", "machine_info", "render", "report_path"]
 
@@ -102,6 +103,7 @@ def run_report(
     reuse: bool = True,
     threads: int | None = 1,
     gallery: bool = True,
+    executor: Executor | None = None,
 ) -> ReportOutcome:
     """Run the experiments of ``size`` into ``out/<size>/`` and write ``out/ravine-report-<size>.html``.
 
@@ -115,6 +117,11 @@ def run_report(
     sets ``torch.set_num_threads`` while the report runs (restored afterwards; ``None`` leaves it
     alone). One thread is the fastest for these tiny models: intra-op parallelism costs more in
     synchronization than it gains, and it leaves the other core to the rest of the machine.
+
+    ``executor`` (:mod:`ravine.parallel`; default in-process) trains the experiments' runs: on a
+    process pool or a Ray cluster the runs, their ids and the verdicts are the same. An experiment
+    some of whose runs failed is marked incomplete (no verdict) and names them; the runs that
+    finished are kept, so running the report again retries only the failed ones.
     """
     import torch
 
@@ -124,7 +131,7 @@ def run_report(
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         torch.set_num_threads(threads)
     try:
-        return _run_report(size, out, experiments, progress, reuse, gallery)
+        return _run_report(size, out, experiments, progress, reuse, gallery, executor)
     finally:
         torch.set_num_threads(old_threads)
 
@@ -136,6 +143,7 @@ def _run_report(
     progress: bool,
     reuse: bool,
     with_gallery: bool,
+    executor: Executor | None,
 ) -> ReportOutcome:
     from ravine.experiments import claims
 
@@ -143,7 +151,7 @@ def _run_report(
     everything = claims.all_experiments()
     exps = [claims.get(n) for n in experiments] if experiments else everything
     out = Path(out)
-    store = Store(out / size, size)
+    store = Store(out / size, size, executor)
     chosen = {e.name for e in exps}
     # Experiments not chosen this time still appear with their saved results (if any).
     saved = {e.name: store.load_result(e.name) for e in everything if e.name not in chosen}
@@ -186,6 +194,9 @@ def _run_report(
             outer.set_postfix_str(exp.name)
             try:
                 res = exp.run(store, Progress(enabled=progress, position=1), reuse=reuse)
+            except IncompleteExperiment as e:  # failed runs: no verdict from partial data
+                errors[exp.name] = f"{INCOMPLETE}{e}"
+                prog.write(f"{exp.name}: {errors[exp.name]}")
             except Exception:  # one broken experiment must not lose the others
                 errors[exp.name] = traceback.format_exc()
                 prog.write(f"{exp.name}: error\n{errors[exp.name]}")

@@ -19,7 +19,7 @@ from ravine import _io
 from ravine.experiments.claims._core import Result
 
 #: A verdict's status -> the CSS class of its badge.
-BADGE_CLASS = {"supported": "ok", "not supported": "bad", "inconclusive": "meh", "error": "err"}
+BADGE_CLASS = {"supported": "ok", "not supported": "bad", "inconclusive": "meh", "error": "err", "incomplete": "err"}
 
 #: The page's whole stylesheet, inlined in a ``<style>`` element.
 CSS = """
@@ -106,10 +106,10 @@ def _claims_table(results: Sequence[Result], errors: dict[str, str], pending: Se
         )
     n = len(results)
     for j, (name, msg) in enumerate(errors.items(), n + 1):
-        first = esc(msg.strip().splitlines()[-1] if msg.strip() else "error")
+        first = esc(msg.removeprefix(INCOMPLETE).strip().splitlines()[-1] if msg.strip() else "error")
         rows.append(
             f"<tr><td>{j}</td><td><a href='#{_anchor(name)}'>{esc(name)}</a></td><td></td>"
-            f"<td>{badge('error')}</td><td>{first}</td><td></td></tr>"
+            f"<td>{badge(_error_kind(msg))}</td><td>{first}</td><td></td></tr>"
         )
     for k, name in enumerate(pending, n + len(errors) + 1):
         rows.append(f"<tr><td>{k}</td><td>{esc(name)}</td><td></td><td>not run yet</td><td></td><td></td></tr>")
@@ -189,10 +189,24 @@ def _experiment_section(r: Result) -> str:
 </section>"""
 
 
+#: An ``errors`` message that starts with this marks an experiment whose training runs failed.
+INCOMPLETE = "incomplete: "
+
+
+def _error_kind(message: str) -> str:
+    return "incomplete" if message.startswith(INCOMPLETE) else "error"
+
+
 def _error_section(name: str, message: str) -> str:
+    kind = _error_kind(message)
+    what = (
+        "Some of its training runs failed, so it has no verdict (not one computed from partial data)."
+        if kind == "incomplete"
+        else "The experiment raised an error; no verdict."
+    )
     return (
-        f'<section id="{_anchor(name)}"><h2>{esc(name)} {badge("error")}</h2>'
-        f"<p>The experiment raised an error; no verdict.</p><pre>{esc(message)}</pre></section>"
+        f'<section id="{_anchor(name)}"><h2>{esc(name)} {badge(kind)}</h2>'
+        f"<p>{what}</p><pre>{esc(message.removeprefix(INCOMPLETE))}</pre></section>"
     )
 
 
@@ -234,10 +248,11 @@ def render(
 ) -> str:
     """The report as one HTML string (no external resources)."""
     errors = errors or {}
-    counts = {s: sum(r.verdict.status == s for r in results) for s in BADGE_CLASS if s != "error"}
+    counts = {s: sum(r.verdict.status == s for r in results) for s in BADGE_CLASS if s not in ("error", "incomplete")}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    if errors:
-        summary += f", {len(errors)} error"
+    for kind in ("incomplete", "error"):
+        n_kind = sum(_error_kind(m) == kind for m in errors.values())
+        summary += f", {n_kind} {kind}" if n_kind else ""
     if pending:
         summary += f", {len(pending)} not run yet (interrupted? run the command again to continue)"
     total = sum(r.runtime_s for r in results)

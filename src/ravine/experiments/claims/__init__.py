@@ -9,14 +9,20 @@ progress)`` runs it at ``store.size`` and returns a :class:`Result`, saved in th
 =================  ====================================================================================
 name               claim
 =================  ====================================================================================
-``optimizers``     GD vs SGD vs momentum vs RMSProp vs Adam vs AdamW on digits: per-update cost,
-                   loss against steps and against wall-clock
+``optimizers``     GD vs SGD along the training-set size (cost per update, loss at equal compute, the
+                   crossover); SGD, momentum, RMSProp, Adam, AdamW on digits
+``momentum``       momentum vs plain gradient descent along the condition number: the 2D valley and an
+                   MLP with badly scaled inputs, at best and at equal effective learning rates
 ``adam-ablation``  Adam vs no bias correction vs no second moment (= momentum) vs no first moment
 ``adamw-vs-l2``    lr x weight-decay grids: AdamW's best decay barely moves with lr, Adam+L2's does
 ``schedules``      constant vs warmup+cosine vs WSD on a tiny transformer; WSD's branch-off
 ``finetune``       fine-tuning with the pretraining lr, a 30x smaller one, layer-wise lr decay
 ``warmup``         Post-LN vs Pre-LN with/without warmup across lrs and seeds; Adam's early v
 ``clipping``       an RNN with exploding gradients, with and without global-norm clipping
+``local-minima``   MLPs on digits from several seeds: spread of final losses; loss barriers along the
+                   straight line between two solutions and along a fitted Bezier curve
+``sharp-flat``     batch 16 vs full batch at matched training loss: lambda_max, trace, SAM, Keskar vs
+                   the generalization gap; filter-normalized slices; Dinh et al.'s rescaling
 =================  ====================================================================================
 """
 
@@ -29,6 +35,7 @@ from ravine.experiments.claims._core import (
     STATUSES,
     Check,
     Experiment,
+    IncompleteExperiment,
     Progress,
     Result,
     Store,
@@ -42,6 +49,7 @@ __all__ = [
     "STATUSES",
     "Check",
     "Experiment",
+    "IncompleteExperiment",
     "Progress",
     "Result",
     "Store",
@@ -56,12 +64,15 @@ __all__ = [
 # name -> module (in the order the report shows them)
 _MODULES = {
     "optimizers": "optimizers",
+    "momentum": "momentum",
     "adam-ablation": "adam_ablation",
     "adamw-vs-l2": "adamw_l2",
     "schedules": "schedules",
     "finetune": "finetune",
     "warmup": "warmup",
     "clipping": "clipping",
+    "local-minima": "local_minima",
+    "sharp-flat": "sharp_flat",
 }
 
 

@@ -8,6 +8,7 @@ digits of the config's hash, so changing a config never collides with an old run
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from ravine._validation import Options, check
-from ravine.experiments.claims._core import SIZES, Progress, Store
+from ravine.experiments.claims._core import SIZES, IncompleteExperiment, Progress, Store
+from ravine.parallel import InProcess, Outcome, Task
 
 
 @dataclass
@@ -36,35 +38,86 @@ def run_dir_for(store: Store, experiment: str, planned: Planned) -> Path:
 
 
 def train_all(store: Store, experiment: str, plan: Sequence[Planned], progress: Progress) -> dict[str, Any]:
-    """Train (or reuse) every planned run in order; returns ``{label: Run}``.
+    """Train (or reuse) every planned run on ``store.executor``; returns ``{label: Run}``.
 
-    One progress bar counts optimizer steps over the whole plan (reused runs advance it at once).
+    Runs already finished are reused; the others are trained as independent tasks (in order in this
+    process by default, or on a process pool or Ray cluster, :mod:`ravine.parallel`): a run that
+    raises does not stop the others, and once all have finished :class:`IncompleteExperiment` names
+    every failed run and its error. One progress bar counts optimizer steps over the whole plan
+    (reused runs advance it at once; runs trained elsewhere advance it as their metrics are written).
     """
     from ravine.experiments import Run, train
 
     labels = [p.label for p in plan]
     if len(set(labels)) != len(labels):
         raise ValueError(f"run labels must be unique within an experiment, got {labels}")
+    dirs = {p.label: run_dir_for(store, experiment, p) for p in plan}
+    todo = [p for p in plan if not _done(dirs[p.label])]
+    steps = {f"run {p.label}": p.config.steps for p in todo}
+    here = isinstance(store.executor, InProcess)
     total = sum(p.config.steps for p in plan)
-    runs: dict[str, Any] = {}
     with progress.bar(total, f"{experiment}: {len(plan)} runs") as bar:
-        for p in plan:
-            d = run_dir_for(store, experiment, p)
-            if (d / "status.json").exists() and Run(d).done:
-                runs[p.label] = Run(d)
-                bar.update(p.config.steps)
-                continue
-            done_before = [0]
+        reused = total - sum(steps.values())
+        bar.update(reused)
+        finished = [0]
 
-            def on_step(rec: dict[str, Any], done_before=done_before) -> None:
-                bar.update(1)
-                done_before[0] += 1
+        def advance(to: int) -> None:
+            bar.update(max(0, min(total, to) - bar.n))
 
-            run = train(p.config, d, resume=True, progress=False, on_step=on_step, optimizer_factory=p.factory)
-            # steps before a resume point, or after a divergence, still count as done for the bar
-            bar.update(max(0, p.config.steps - done_before[0]))
-            runs[p.label] = run
-    return runs
+        def on_done(outcome: Outcome) -> None:  # a failed or diverged run still counts as done for the bar
+            finished[0] += steps[outcome.key]
+            advance(reused + finished[0])
+
+        def on_poll() -> None:
+            running = sum(_last_step(dirs[p.label]) for p in todo if not _done(dirs[p.label]))
+            advance(reused + finished[0] + running)
+
+        tasks = [
+            Task(
+                f"run {p.label}",
+                train,
+                (p.config, dirs[p.label]),
+                {
+                    "resume": True,
+                    "progress": False,
+                    "optimizer_factory": p.factory,
+                    **({"on_step": lambda rec: bar.update(1)} if here else {}),
+                },
+                gpus=1.0 if str(p.config.device).startswith("cuda") else 0.0,
+            )
+            for p in todo
+        ]
+        outcomes = store.executor.run(tasks, on_done=on_done, on_poll=on_poll)
+    failed = {o.key.removeprefix("run "): o.error or "" for o in outcomes if not o.ok}
+    if failed:
+        raise IncompleteExperiment(experiment, failed, len(plan))
+    return {p.label: Run(dirs[p.label]) for p in plan}
+
+
+def _done(run_dir: Path) -> bool:
+    from ravine.experiments import Run
+
+    try:
+        return (run_dir / "status.json").exists() and Run(run_dir).done
+    except ValueError:  # a status file being replaced right now reads as not done yet
+        return False
+
+
+def _last_step(run_dir: Path) -> int:
+    """The step of the last complete record in ``metrics.jsonl`` (0 if none yet): progress of a run elsewhere."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 4096))
+            lines = f.read().splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines[1:] if len(lines) > 1 else lines):
+        try:
+            return int(json.loads(line).get("step", 0))
+        except (ValueError, AttributeError):
+            continue
+    return 0
 
 
 def step_columns(run: Any) -> dict[str, np.ndarray]:

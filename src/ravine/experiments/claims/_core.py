@@ -31,6 +31,7 @@ import numpy as np
 
 from ravine import _io
 from ravine._validation import Interval, Options, check
+from ravine.parallel import Executor, InProcess
 
 STATUSES = ("supported", "not supported", "inconclusive")
 SIZES = ("tiny", "quick", "full")
@@ -211,12 +212,17 @@ class Store:
     ``size`` is ``"quick"``, ``"full"`` or ``"tiny"`` (a test-only size: a few steps, to check the
     plumbing): the one setting that says how big the experiments run, read by
     :meth:`Experiment.run`. ``root`` defaults to ``report/<size>``, so the runs of one size never mix
-    with another's (the report gives each size its own root too).
+    with another's (the report gives each size its own root too). ``executor``
+    (:mod:`ravine.parallel`; default in-process) is where the experiments' training runs are trained:
+    the runs, their ids and their files are the same whichever executor trains them.
     """
 
-    def __init__(self, root: str | os.PathLike | None = None, size: str = "quick") -> None:
+    def __init__(
+        self, root: str | os.PathLike | None = None, size: str = "quick", executor: Executor | None = None
+    ) -> None:
         self.size = check("size", size, Options(SIZES))
         self.root = Path("report") / size if root is None else Path(root)
+        self.executor = InProcess() if executor is None else executor
 
     def experiment_dir(self, experiment: str) -> Path:
         return self.root / experiment
@@ -259,6 +265,23 @@ class Store:
         value = jsonable(compute())
         write_json_atomic(path, value)
         return value
+
+
+class IncompleteExperiment(RuntimeError):
+    """Training runs of an experiment failed, so it has no verdict (a verdict from partial data would mislead).
+
+    ``failed`` maps each failed run's label to its error; the runs that succeeded are saved and reused
+    when the experiment runs again.
+    """
+
+    def __init__(self, experiment: str, failed: dict[str, str], total: int) -> None:
+        self.experiment = experiment
+        self.failed = dict(failed)
+        lines = "; ".join(f"{k}: {v}" for k, v in self.failed.items())
+        super().__init__(
+            f"{experiment} is incomplete: {len(self.failed)} of {total} training runs failed ({lines}); "
+            "the others are saved: run it again to retry the failed ones"
+        )
 
 
 class Progress:
