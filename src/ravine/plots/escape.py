@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from ravine.plots._style import color, plt, save
 from ravine.plots.experiments import Panel, _draw_panel
@@ -156,6 +157,10 @@ def plot_grid(
             _draw_surface_panel(ax, panel)
         else:
             _draw_panel(ax, panel)
+            xs = [np.asarray(s.x, dtype=float) for s in panel.series]
+            whole = xs and all(np.all(np.isfinite(x) & (x == np.round(x))) for x in xs)
+            if whole and not panel.logx and np.ptp(np.concatenate(xs)) <= 20:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # seeds, counts: no 0.25 ticks
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     if suptitle:
