@@ -23,6 +23,10 @@ name               claim
                    straight line between two solutions and along a fitted Bezier curve
 ``sharp-flat``     batch 16 vs full batch at matched training loss: lambda_max, trace, SAM, Keskar vs
                    the generalization gap; filter-normalized slices; Dinh et al.'s rescaling
+``local-minima``   MLPs on digits from several seeds: spread of final losses; loss barriers along the
+                   straight line between two solutions and along a fitted Bezier curve
+``sharp-flat``     batch 16 vs full batch at matched training loss: lambda_max, trace, SAM, Keskar vs
+                   the generalization gap; filter-normalized slices; Dinh et al.'s rescaling
 =================  ====================================================================================
 """
 
@@ -71,6 +75,8 @@ _MODULES = {
     "finetune": "finetune",
     "warmup": "warmup",
     "clipping": "clipping",
+    "local-minima": "local_minima",
+    "sharp-flat": "sharp_flat",
     "local-minima": "local_minima",
     "sharp-flat": "sharp_flat",
 }
