@@ -245,7 +245,12 @@ def verdict(measured: dict[str, Any]) -> Verdict:
             "a fitted curve joins every pair at low loss."
         )
     else:
-        expl = f"Not all of it holds here ({', '.join(bad)}); {line_txt}."
+        failing = "; ".join(f"{c.note} = {c.value:.3g} ({c.status})" for c in checks if c.status != "supported")
+        curve_rel = num(measured.get("curve_barrier_rel_max"))
+        expl = (
+            f"Not all of it holds here: {failing}. Along the paths, {line_txt}, the fitted curves up to "
+            f"{curve_rel * 100:.1f}%."
+        )
     scale = (
         f"measured on an MLP {measured.get('hidden', HIDDEN)} on {measured.get('n_train', '?')} digits, "
         f"{measured.get('seeds', '?')} seeds, {measured.get('pairs', '?')} pairs"
