@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -270,3 +271,102 @@ def test_bad_arguments_name_themselves():
         SharpnessMonitor(model, nn.CrossEntropyLoss(), x)
     with pytest.raises(ValueError, match="state must be"):
         SharpnessMonitor(model, nn.CrossEntropyLoss(), (x, y)).load_state_dict({})
+
+
+# ---- the harness records it: TrainConfig(sharpness_every=..., sharpness_k=..., loss=...) -------------------
+
+
+def _eos_config(**kw):
+    from ravine.experiments import TrainConfig
+
+    base = dict(
+        model_kwargs={"hidden": [8], "activation": "tanh"},
+        optimizer="torch.SGD",
+        optimizer_kwargs={"lr": 0.2, "momentum": 0.5},
+        batch_size=None,
+        steps=8,
+        eval_every=4,
+        hessian_samples=200,
+        sharpness_every=2,
+        sharpness_k=2,
+        loss="mse",
+        checkpoint_every=3,
+        keep_checkpoints=0,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_new_fields_leave_the_hash_of_older_configs_unchanged():
+    """A config written before sharpness_every/sharpness_k/loss existed keeps its hash: the pinned hash of
+    the default config from before, and the same SHA-256 of the canonical JSON without the new keys."""
+    import hashlib
+
+    from ravine.experiments import TrainConfig
+
+    cfg = TrainConfig()
+    assert cfg.run_id() == "de89f6804671"  # TrainConfig().run_id() at ac18057, before the new fields
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("sharpness_every", "sharpness_k", "loss", "tensorboard")}
+    blob = json.dumps(old, sort_keys=True, separators=(",", ":"))
+    assert cfg.run_id() == hashlib.sha256(blob.encode()).hexdigest()[:12]
+    assert len({cfg.run_id(), cfg.replace(sharpness_every=5).run_id(), cfg.replace(loss="mse").run_id()}) == 3
+    with pytest.raises(ValueError, match="loss must be one of"):
+        TrainConfig(loss="hinge")
+    with pytest.raises(ValueError, match="sharpness_every must be"):
+        TrainConfig(sharpness_every=-1)
+
+
+def test_a_run_stored_before_the_new_fields_is_reused(tmp_path):
+    from ravine.experiments import TrainConfig, train
+    from ravine.experiments.runs import atomic_write_json, write_status
+
+    cfg = TrainConfig(steps=3)
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("sharpness_every", "sharpness_k", "loss")}
+    atomic_write_json(tmp_path / "config.json", old)
+    write_status(tmp_path, "completed", step=3, steps=3)
+    run = train(cfg, tmp_path, progress=False)  # no "different config" error, nothing trained
+    assert run.status == "completed" and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_mse_loss_equals_torchs_mse_on_one_hot_targets():
+    from ravine.experiments.train import mse_loss
+
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(7, 4, generator=g), torch.randint(0, 4, (7,), generator=g)
+    want = 0.5 * 4 * nn.functional.mse_loss(z, nn.functional.one_hot(y, 4).float())  # mean over N*C -> sum over C
+    assert float(mse_loss(z, y)) == pytest.approx(float(want), rel=1e-6)
+    y2 = y.clone()
+    y2[2] = -100  # ignored position
+    keep = torch.arange(7) != 2
+    assert float(mse_loss(z, y2)) == pytest.approx(float(mse_loss(z[keep], y[keep])), rel=1e-6)
+
+
+def test_harness_records_sharpness_and_resume_keeps_the_records_consistent(tmp_path):
+    """Sharpness records every 2 steps from step 0 with the heavy-ball threshold at the run's lr, and a
+    run interrupted after step 5 (checkpoint at 3) resumes to the uninterrupted run's records exactly."""
+    from ravine.experiments import Run, train
+
+    cfg = _eos_config()
+    ref = train(cfg, tmp_path / "ref", progress=False)
+    sharp = ref.columns("sharpness")
+    assert list(sharp["step"]) == [0, 2, 4, 6, 8]
+    assert list(sharp["rule"]) == ["heavy_ball"] * 5
+    assert np.allclose(sharp["threshold"], 2 * 1.5 / 0.2)
+    assert np.allclose(sharp["ratio"], sharp["lambda_max"] / sharp["threshold"])
+    assert all(len(e) == 2 for e in sharp["eigenvalues"]) and (sharp["lambda_max"] > 0).all()
+
+    class Crash(Exception):
+        pass
+
+    def crash(rec):
+        if rec["step"] == 5:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "run", progress=False, on_step=crash)
+    run = train(cfg, tmp_path / "run", progress=False)
+    assert run.status == "completed"
+
+    def strip(records):
+        return [{k: v for k, v in r.items() if k not in ("time", "wall")} for r in records]
+
+    assert strip(Run(tmp_path / "run").records) == strip(ref.records)

@@ -19,10 +19,11 @@ from ravine._validation import Interval, Options, check
 
 from ._checks import NATURAL, POSITIVE, integer
 
-__all__ = ["TrainConfig", "config_hash", "DTYPES", "CLIP_KINDS"]
+__all__ = ["TrainConfig", "config_hash", "DTYPES", "CLIP_KINDS", "LOSS_NAMES"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CLIP_KINDS = ("norm", "value")
+LOSS_NAMES = ("cross_entropy", "mse")
 
 # Integer fields and their allowed values.
 _COUNTS = {
@@ -33,6 +34,8 @@ _COUNTS = {
     "keep_checkpoints": NATURAL,
     "hessian_every": NATURAL,
     "hessian_samples": POSITIVE,
+    "sharpness_every": NATURAL,
+    "sharpness_k": POSITIVE,
     "eval_batch_size": POSITIVE,
     "seed": NATURAL,
     "data_seed": NATURAL,
@@ -86,6 +89,14 @@ class TrainConfig:
     - ``steps`` [1000], ``batch_size`` [64; None = full batch], ``eval_every`` [100; 0 = only at step 0
       and the end], ``checkpoint_every`` [0 = only at the end], ``keep_checkpoints`` [1; 0 = keep all],
       ``hessian_every`` [0 = off], ``hessian_samples`` [256], ``eval_batch_size`` [1024].
+    - ``sharpness_every`` [0 = off], ``sharpness_k`` [1]: every ``sharpness_every`` steps (from step 0)
+      ``ravine.curvature.SharpnessMonitor`` records the ``sharpness_k`` largest Hessian eigenvalues on the
+      first ``hessian_samples`` training samples, the optimizer's stability threshold at its current
+      learning rate, their ratio and, for Adam, the preconditioned sharpness (records of kind
+      ``"sharpness"``).
+    - ``loss`` ["cross_entropy"]: the training (and evaluation) loss: ``"cross_entropy"`` or ``"mse"``
+      (the square loss on one-hot targets, ``0.5 ||logits - onehot(y)||^2`` summed over classes and
+      averaged over positions: Cohen et al. 2021's loss for the Edge of Stability).
     - ``seed`` [0], ``device`` ["cpu"], ``dtype`` ["float32"; also "float64", "bfloat16", "float16"].
     - ``divergence_loss`` [None]: a finite loss above this also counts as divergence.
     - ``init_from`` [None]: ``{"run": dir, "step": k or None, "restore": "weights" | "all"}``: start from
@@ -121,8 +132,14 @@ class TrainConfig:
     divergence_loss: float | None = None
     init_from: dict[str, Any] | None = None
     tensorboard: bool = False
+    sharpness_every: int = 0
+    sharpness_k: int = 1
+    loss: str = "cross_entropy"
 
     HASH_EXCLUDE = ("tensorboard",)
+    # fields added after runs were stored: left out of the hash while at these defaults, so every
+    # config written before they existed keeps its hash (and its run directory)
+    HASH_DEFAULTS = {"sharpness_every": 0, "sharpness_k": 1, "loss": "cross_entropy"}
 
     def __post_init__(self) -> None:
         for name in ("data", "model", "optimizer", "device"):
@@ -138,6 +155,7 @@ class TrainConfig:
         if self.schedule is not None and not isinstance(self.schedule, str):
             raise TypeError(f"schedule must be a string or None, got {self.schedule!r}")
         check("dtype", self.dtype, Options(DTYPES))
+        check("loss", self.loss, Options(LOSS_NAMES))
         if self.layer_lr_decay is not None:
             check("layer_lr_decay", self.layer_lr_decay, Interval(float, 0, 1, closed="right"))
         if self.divergence_loss is not None:
@@ -185,9 +203,15 @@ def config_hash(config: Any, length: int = 12) -> str:
 
     ``config`` is a dict or anything with ``to_dict()`` (a ``TrainConfig``). Keys listed in
     ``TrainConfig.HASH_EXCLUDE`` (settings that do not change results, e.g. ``tensorboard``) are left
-    out, so toggling them reuses the same run.
+    out, so toggling them reuses the same run; so are the keys of ``TrainConfig.HASH_DEFAULTS`` while
+    they hold that default (fields added later: a config from before they existed hashes as it did).
     """
     d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    d = {k: v for k, v in d.items() if k not in TrainConfig.HASH_EXCLUDE}
+    d = {
+        k: v
+        for k, v in d.items()
+        if k not in TrainConfig.HASH_EXCLUDE
+        and not (k in TrainConfig.HASH_DEFAULTS and v == TrainConfig.HASH_DEFAULTS[k])
+    }
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]

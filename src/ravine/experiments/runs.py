@@ -11,7 +11,8 @@ Layout of a run directory::
     checkpoints/step_00000100/sha256.json         the SHA-256 of each of the two files above
 
 Metric records carry ``"kind"``: ``"step"`` (one per optimizer step), ``"eval"`` (train/test loss and
-accuracy), ``"hessian"`` (top Hessian eigenvalue). Every record has ``"step"``.
+accuracy), ``"hessian"`` (top Hessian eigenvalue), ``"sharpness"`` (the Edge-of-Stability monitor's
+sharpness, threshold and ratio). Every record has ``"step"``.
 
 Atomicity: JSON and checkpoint files are written to a temporary name in the same folder, flushed,
 fsynced and renamed with ``os.replace``; a checkpoint folder is complete before it is renamed into
@@ -489,6 +490,11 @@ class Run:
     def hessian(self) -> list[dict[str, Any]]:
         """Hessian records: step, top_eig (and eigs: the k largest)."""
         return self._kind("hessian")
+
+    @property
+    def sharpness(self) -> list[dict[str, Any]]:
+        """Sharpness records (``config.sharpness_every``): step, lambda_max, threshold, ratio, ..."""
+        return self._kind("sharpness")
 
     def columns(self, kind: str = "step") -> dict[str, np.ndarray]:
         """Records of ``kind`` as numpy columns (missing values become NaN; booleans stay bool)."""

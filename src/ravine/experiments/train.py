@@ -21,6 +21,16 @@ per evaluation (``kind="eval"``, at step 0, every ``eval_every`` steps and at th
 Hessian (``kind="hessian"``, every ``hessian_every`` steps from step 0, when > 0)
     ``top_eig``: the largest Hessian eigenvalue of the training loss on a fixed subset of
     ``hessian_samples`` training samples, by ``ravine.curvature.hessian_eigenvalues``.
+Sharpness (``kind="sharpness"``, every ``sharpness_every`` steps from step 0, when > 0)
+    ``ravine.curvature.SharpnessMonitor``'s record on the same fixed samples, measured after update k:
+    ``lambda_max``, ``eigenvalues`` (the ``sharpness_k`` largest), ``rule``, ``lr`` (the group's lr of
+    update k), ``threshold``, ``sharpness`` (``lambda_max``, or Adam's preconditioned sharpness),
+    ``ratio``, ``preconditioned``, ``hvps``, ``converged`` and ``time``. Its warm-start vectors are
+    saved in each checkpoint, so a resumed run records what an uninterrupted one does.
+
+Loss: ``config.loss`` (a key of :data:`LOSSES`): ``"cross_entropy"`` (every task's loss, :func:`loss_fn`) or
+``"mse"`` (:func:`mse_loss`, the square loss on one-hot targets); it is the loss trained, evaluated
+(``train_loss``, ``test_loss``) and measured by the Hessian and sharpness records.
 
 Clipping and skipped steps, one implementation: ``config.clip`` is ``ravine.optim.clip_by_global_norm``
 (``max_norm / (norm + 1e-6)``, torch's ``clip_grad_norm_`` arithmetic, over all parameters) or
@@ -91,9 +101,43 @@ from . import models as _models
 from . import runs as _runs
 from .config import DTYPES, TrainConfig
 
-__all__ = ["TrainConfig", "train", "evaluate", "build_optimizer", "build_schedule", "loss_fn", "DTYPES"]
+__all__ = [
+    "TrainConfig",
+    "train",
+    "evaluate",
+    "build_optimizer",
+    "build_schedule",
+    "loss_fn",
+    "mse_loss",
+    "LOSSES",
+    "DTYPES",
+]
 
 loss_fn = _data.cross_entropy  # the loss of every task: cross-entropy over the last dim, ignore_index=-100
+
+
+def mse_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The square loss on one-hot targets: ``0.5 ||logits - onehot(y)||^2`` summed over the last dim.
+
+    Averaged over the positions whose target is not ``IGNORE_INDEX`` (as :func:`loss_fn`), with no
+    data-dependent shapes (``torch.func`` differentiates it). Cohen et al. (2021) train with this loss
+    to show the Edge of Stability: unlike cross-entropy, it does not flatten as the margins grow.
+
+    Args:
+        logits: model outputs ``(..., C)``.
+        targets: class indices ``(...)``; ``IGNORE_INDEX`` positions do not count.
+
+    Returns:
+        The scalar mean loss.
+    """
+    keep = targets != _data.IGNORE_INDEX
+    onehot = nn.functional.one_hot(targets.clamp_min(0), logits.shape[-1]).to(logits.dtype)
+    per = 0.5 * (logits - onehot).square().sum(-1)
+    w = keep.to(logits.dtype)
+    return (per * w).sum() / w.sum().clamp_min(1)
+
+
+LOSSES = {"cross_entropy": loss_fn, "mse": mse_loss}  # config.loss -> the function
 
 
 # ------------------------------------------------------------------------------------------ builders
@@ -217,16 +261,20 @@ def _make_optimizer(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: _data.Dataset, split: str = "test", batch_size: int = 1024) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, dataset: _data.Dataset, split: str = "test", batch_size: int = 1024, loss: str = "cross_entropy"
+) -> dict[str, float]:
     """``{"loss", "acc"}`` of ``model`` on ``dataset.eval_data(split)``.
 
-    The loss is the mean cross-entropy over all non-ignored target positions (exactly, summed over
-    batches then divided by the count); accuracy is the fraction of those positions predicted right.
+    The loss (``loss``: a key of :data:`LOSSES`, cross-entropy by default) is the mean over all
+    non-ignored target positions (exactly, summed over batches then divided by the count); accuracy is
+    the fraction of those positions predicted right.
     Every submodule is put in eval mode and gets its own mode back afterwards. Inputs follow the
     model's device and floating dtype.
     """
     x, y = dataset.eval_data(split)
     p = next(model.parameters())
+    fn = LOSSES[loss]
     total_loss, correct, count = 0.0, 0, 0
     with evaluation_mode(model):
         for i in range(0, len(x), batch_size):
@@ -237,7 +285,7 @@ def evaluate(model: nn.Module, dataset: _data.Dataset, split: str = "test", batc
             logits = model(xb).float()
             n = int((yb != _data.IGNORE_INDEX).sum())
             if n:
-                total_loss += float(_data.cross_entropy(logits, yb)) * n
+                total_loss += float(fn(logits, yb)) * n
             c, k = _data.accuracy_counts(logits, yb)
             correct += c
             count += k
@@ -267,13 +315,13 @@ def _set_rng_state(st: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(st["cuda"], device)
 
 
-def _hessian_top(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], seed: int) -> list[float]:
+def _hessian_top(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], seed: int, loss: str) -> list[float]:
     """Largest Hessian eigenvalue of the training loss on ``data`` (Lanczos, ``ravine.curvature``), in
     eval mode: the curvature of the function the evaluations measure (dropout off)."""
     from ravine.curvature import hessian_eigenvalues
 
     with evaluation_mode(model), torch.random.fork_rng(devices=[]):
-        res = hessian_eigenvalues(model, loss_fn, data, k=1, which="largest", seed=seed)
+        res = hessian_eigenvalues(model, LOSSES[loss], data, k=1, which="largest", seed=seed)
     return [float(v) for v in torch.as_tensor(res.values).reshape(-1)]
 
 
@@ -365,6 +413,7 @@ class _Training:
     start: int = 0  # the step training continues after
     elapsed: float = 0.0
     skipped_total: int = 0
+    monitor: Any = None  # ravine.curvature.SharpnessMonitor when config.sharpness_every > 0
 
     @property
     def clip_in_chain(self) -> bool:
@@ -379,7 +428,12 @@ class _Training:
             "rng": _rng_state(self.device),
             "elapsed": self.elapsed,
             "skipped_total": self.skipped_total,
+            **({"sharpness_monitor": self._monitor_state()} if self.monitor is not None else {}),
         }
+
+    def _monitor_state(self) -> dict[str, Any]:
+        """The monitor's warm-start vectors (its records are in metrics.jsonl already)."""
+        return {**self.monitor.state_dict(), "records": []}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state["optimizer"])
@@ -387,6 +441,8 @@ class _Training:
         _set_rng_state(state["rng"], self.device)
         self.elapsed = float(state.get("elapsed", 0.0))
         self.skipped_total = int(state.get("skipped_total", 0))
+        if self.monitor is not None and "sharpness_monitor" in state:
+            self.monitor.load_state_dict(state["sharpness_monitor"])
 
 
 def _clear(run_dir: Path) -> None:
@@ -424,8 +480,23 @@ def _setup(
         sampler=dataset.sampler(config.batch_size, seed=config.seed),
         params=[p for g in opt.param_groups for p in g["params"]],
     )
+    if config.sharpness_every:
+        from ravine.curvature import SharpnessMonitor
+
+        training.monitor = SharpnessMonitor(
+            model, LOSSES[config.loss], _curvature_data(training), optimizer=opt, k=config.sharpness_k, seed=config.seed
+        )
     torch.manual_seed(config.seed + 1)  # dropout
     return training, spec
+
+
+def _curvature_data(training: _Training) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed samples the Hessian and sharpness records are of: the first ``hessian_samples``
+    training samples, on the run's device and dtype."""
+    x, y = training.dataset.eval_data("train")
+    n = min(training.config.hessian_samples, len(x))
+    x, y = x[:n].to(training.device), y[:n].to(training.device)
+    return (x.to(training.dtype) if x.is_floating_point() else x, y)
 
 
 def _load_init(model: nn.Module, init_from: dict[str, Any], device: torch.device) -> tuple[int, dict[str, Any] | None]:
@@ -494,8 +565,10 @@ def _update(training: _Training) -> tuple[dict[str, Any], float]:
         norm, clipped = _clip_grads(training.grad_clip, grads)
     # ravine's optimizer skips non-finite gradients itself; for another, the same rule: a real
     # inf/nan, or a clip norm that overflowed (an overflowed norm of finite, unclipped gradients is not)
-    finite = ours or math.isfinite(norm) or (
-        training.grad_clip is None and bool(finite_tensors([g.detach() for g in grads]).all())
+    finite = (
+        ours
+        or math.isfinite(norm)
+        or (training.grad_clip is None and bool(finite_tensors([g.detach() for g in grads]).all()))
     )
     if finite:
         training.opt.step()
@@ -542,7 +615,7 @@ def _step(training: _Training, step: int) -> dict[str, Any]:
         xb = xb.to(training.dtype)
     yb = yb.to(training.device, non_blocking=True)
     training.opt.zero_grad(set_to_none=True)
-    loss = loss_fn(training.model(xb).float(), yb)
+    loss = LOSSES[training.config.loss](training.model(xb).float(), yb)
     loss_v = float(loss.detach())
     seconds = time.perf_counter() - t0
     lr = training.opt.param_groups[0].get("lr")
@@ -590,18 +663,15 @@ class _Recorder:
                 leave=False,
                 dynamic_ncols=True,
             )
-        self.hessian_data = None
-        if self.config.hessian_every:
-            x, y = training.dataset.eval_data("train")
-            n = min(self.config.hessian_samples, len(x))
-            x, y = x[:n].to(training.device), y[:n].to(training.device)
-            self.hessian_data = (x.to(training.dtype) if x.is_floating_point() else x, y)
+        self.hessian_data = _curvature_data(training) if self.config.hessian_every else None
 
     def begin(self) -> None:
         """The measurements of the initial model (a fresh run only)."""
         self.evaluate(0)
         if self.config.hessian_every:
             self.hessian(0)
+        if self.config.sharpness_every:
+            self.sharpness(0)
 
     def step(self, rec: dict[str, Any]) -> None:
         """Record update ``rec["step"]``, then evaluate, measure and checkpoint as due."""
@@ -621,6 +691,8 @@ class _Recorder:
             self.evaluate(step)
         if self.config.hessian_every and step % self.config.hessian_every == 0:
             self.hessian(step)
+        if self.config.sharpness_every and step % self.config.sharpness_every == 0:
+            self.sharpness(step)
         if (self.config.checkpoint_every and step % self.config.checkpoint_every == 0) or last:
             self.checkpoint(step)
         if self.bar is not None:
@@ -629,8 +701,14 @@ class _Recorder:
                 self.bar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
 
     def evaluate(self, step: int) -> None:
-        train_set = evaluate(self.training.model, self.training.dataset, "train", self.config.eval_batch_size)
-        test_set = evaluate(self.training.model, self.training.dataset, "test", self.config.eval_batch_size)
+        model, dataset, n, loss = (
+            self.training.model,
+            self.training.dataset,
+            self.config.eval_batch_size,
+            self.config.loss,
+        )
+        train_set = evaluate(model, dataset, "train", n, loss)
+        test_set = evaluate(model, dataset, "test", n, loss)
         rec = {
             "kind": "eval",
             "step": step,
@@ -643,9 +721,14 @@ class _Recorder:
         self.tb.scalars(rec, "eval")
 
     def hessian(self, step: int) -> None:
-        eigs = _hessian_top(self.training.model, self.hessian_data, self.config.seed)
+        eigs = _hessian_top(self.training.model, self.hessian_data, self.config.seed, self.config.loss)
         self.writer.write({"kind": "hessian", "step": step, "top_eig": eigs[0], "eigs": eigs})
         self.tb.scalars({"step": step, "top_eig": eigs[0]}, "hessian")
+
+    def sharpness(self, step: int) -> None:
+        rec = self.training.monitor.measure(step)
+        self.writer.write({"kind": "sharpness", **rec})
+        self.tb.scalars({k: v for k, v in rec.items() if not isinstance(v, list)}, "sharpness")
 
     def checkpoint(self, step: int) -> None:
         self.writer.fsync()  # the records up to a checkpoint are durable when it is
@@ -714,7 +797,8 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "config.json"
     if cfg_path.exists():
-        old, new = _runs.Run(run_dir).config_dict, config.to_dict()
+        # fields added since an old config.json was written hold their defaults there
+        old, new = {**TrainConfig.HASH_DEFAULTS, **_runs.Run(run_dir).config_dict}, config.to_dict()
         differing = sorted(
             k for k in set(old) | set(new) if k not in TrainConfig.HASH_EXCLUDE and old.get(k) != new.get(k)
         )
