@@ -270,6 +270,7 @@ def test_clipping_divergence_rule():
 def test_registry_names_and_errors():
     assert claims.names() == [
         "optimizers",
+        "momentum",
         "adam-ablation",
         "adamw-vs-l2",
         "schedules",
@@ -279,7 +280,7 @@ def test_registry_names_and_errors():
     ]
     for exp in claims.all_experiments():
         assert exp.claim and exp.title and callable(exp.execute) and callable(exp.verdict)
-    with pytest.raises(ValueError, match="unknown experiment 'nope'; valid names: optimizers, adam-ablation"):
+    with pytest.raises(ValueError, match="unknown experiment 'nope'; valid names: optimizers, momentum, adam-ablation"):
         claims.get("nope")
 
 

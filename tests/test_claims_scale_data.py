@@ -168,3 +168,137 @@ def test_data_size_arm_tiny_matches_its_run_files(tmp_path):
     # the cached costs are reused: a second call plans the same runs (same ids)
     again, _, ids2 = ox.scale_arm("tiny", store, claims.Progress(enabled=False))
     assert sorted(ids2) == sorted(ids) and again["cost_per_update_s"] == measured["cost_per_update_s"]
+
+
+# ------------------------------------------------------------------------------ momentum
+
+
+def test_ema_momentum_at_lr_equals_torch_heavy_ball_at_lr_times_one_minus_beta():
+    """The equal-effective-lr mapping the experiment relies on, against torch.optim.SGD as the oracle."""
+    import ravine.optim as ro
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 5, dtype=torch.float64), torch.randn(64, 1, dtype=torch.float64)
+    ref = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    ours = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    ours.load_state_dict(ref.state_dict())
+    eta, beta = 0.3, 0.9
+    opt_ref = torch.optim.SGD(ref.parameters(), lr=eta * (1 - beta), momentum=beta)
+    opt_ours = ro.Optimizer(ours.parameters(), ro.get("momentum", lr=eta, beta=beta))
+    for _ in range(25):
+        for model, opt in ((ref, opt_ref), (ours, opt_ours)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    for a, b in zip(ref.parameters(), ours.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _quadratic_steps(kappa, start, lr, tol, steps, beta=0.0):
+    """Steps to ``loss <= tol`` on f = (x^2 + kappa y^2)/2 with torch.optim.SGD (heavy ball at
+    ``lr (1 - beta)`` when ``beta > 0``: EMA momentum at ``lr``); -1 if never."""
+    p = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+    h = torch.tensor([1.0, kappa], dtype=torch.float64)
+    opt = torch.optim.SGD([p], lr=lr * (1 - beta), momentum=beta) if beta else torch.optim.SGD([p], lr=lr)
+    for k in range(steps + 1):
+        loss = 0.5 * (h * p * p).sum()
+        value = float(loss.detach())
+        if value <= tol:
+            return k
+        if k == steps or not math.isfinite(value) or value > 1e30:
+            return -1
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return -1
+
+
+def test_valley_steps_match_torch_sgd_and_the_closed_form():
+    from ravine.experiments.claims import momentum as mx
+
+    kappa, seed = 10.0, 1
+    cell = mx.valley_steps(kappa, seed, 12)
+    start = mx.valley_start(seed)
+    f0 = 0.5 * (start[0] ** 2 + kappa * start[1] ** 2)
+    lrs = mx.valley_lr_grid(kappa, 12)
+    assert lrs[0] == pytest.approx(2e-3 / kappa) and lrs[-1] == pytest.approx(1.5 * 3.8 / (0.1 * kappa))
+    for i, lr in enumerate(lrs):
+        for beta, row in ((0.0, cell["gd_steps"]), (mx.BETA, cell["momentum_steps"])):
+            want = _quadratic_steps(kappa, start, lr, mx.REL_TOL * f0, cell["steps_simulated"], beta)
+            assert row[i] == want, (lr, beta)
+    assert cell["gd_best"] == min(s for s in cell["gd_steps"] if s >= 0)
+    i = cell["lrs"].index(cell["gd_best_lr"])
+    assert cell["momentum_at_gd_lr"] == cell["momentum_steps"][i]
+    # GD at its optimal rate 2/(kappa + 1): the loss shrinks by rho^2 per step, from any start
+    assert mx.gd_best_steps_closed_form(1.0) == 1
+    assert mx.gd_best_steps_closed_form(3.0) == 10  # 0.25^k <= 1e-6  ->  k = ceil(9.97)
+    for k in (3.0, 30.0):
+        s0 = mx.valley_start(0)
+        tol = mx.REL_TOL * 0.5 * (s0[0] ** 2 + k * s0[1] ** 2)
+        got = _quadratic_steps(k, s0, 2.0 / (k + 1.0), tol, 10_000)
+        assert got == mx.gd_best_steps_closed_form(k)
+
+
+def _mom_measured(best=(5.0, 1.0, 0.3), equal=(5.0, 1.1, 0.95), net=(0.98, 0.8), cross=None):
+    ks = [1.0, 30.0, 1000.0]
+    cross = cross or {"status": "bracketed", "lower": 1.0, "upper": 30.0, "estimate": 10.0}
+    return {
+        "valley": {
+            "kappas": ks,
+            "ratio_best_mean": list(best),
+            "ratio_equal_lr_mean": list(equal),
+            "crossover": cross,
+        },
+        "network": {"kappa": [1.0, 100.0], "best": list(net)},
+    }
+
+
+def test_momentum_verdict_both_sides_of_each_threshold():
+    from ravine.experiments.claims import momentum as mx
+
+    v = mx.verdict(_mom_measured())
+    assert v.status == "supported" and v.numbers["valley_crossover_kappa"] == 30.0
+    assert "kappa >= 30" in v.scale and "between 1 and 30" in v.scale and "0.95 at equal effective lr" in v.scale
+    assert "0.98 at input condition number 1" in v.scale
+    # the valley at the largest kappa: < 1 with a grey zone of 0.1
+    assert mx.verdict(_mom_measured(best=(5.0, 1.0, 0.85))).status == "supported"
+    assert mx.verdict(_mom_measured(best=(5.0, 1.0, 0.95))).status == "inconclusive"
+    not_reached = {"status": "not reached", "lower": 1000.0, "upper": None, "estimate": None}
+    v = mx.verdict(_mom_measured(best=(5.0, 1.0, 1.5), cross=not_reached))
+    assert v.status == "not supported" and "not faster up to kappa = 1000" in v.scale
+    # the network with the worst-conditioned inputs: < 1 with a grey zone of 0.05
+    assert mx.verdict(_mom_measured(net=(0.98, 0.94))).status == "supported"
+    assert mx.verdict(_mom_measured(net=(0.98, 0.99))).status == "inconclusive"
+    assert mx.verdict(_mom_measured(net=(0.98, 1.2))).status == "not supported"
+    assert mx.verdict({}).status == "inconclusive"
+
+
+def test_momentum_tiny_end_to_end_matches_its_run_files(tmp_path):
+    from ravine.experiments import Run
+
+    store = Store(tmp_path, "tiny")
+    res = claims.get("momentum").run(store, claims.Progress(enabled=False))
+    assert res.verdict.status in claims.STATUSES
+    assert claims.get("momentum").verdict(res.measurements).status == res.verdict.status
+    with open(res.figures[0], "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    net = res.measurements["network"]
+    loss: dict[tuple[str, float, float], list[float]] = {}
+    for d in (tmp_path / "momentum" / "runs").iterdir():
+        run = Run(d)
+        assert run.status == "completed" and d.name in res.runs
+        key = (run.config.optimizer, run.config.data_kwargs["input_scale"], run.config.optimizer_kwargs["lr"])
+        loss.setdefault(key, []).append(run.evals[-1]["train_loss"])
+    for row in net["rows"]:
+        s = row["input_scale"]
+        sgd = {lr: np.mean(v) for (o, sc, lr), v in loss.items() if o == "sgd" and sc == s}
+        mom = {lr: np.mean(v) for (o, sc, lr), v in loss.items() if o == "momentum" and sc == s}
+        assert row["sgd_best_lr"] == min(sgd, key=sgd.get) and row["momentum_best_lr"] == min(mom, key=mom.get)
+        assert row["ratio_best"] == pytest.approx(min(mom.values()) / min(sgd.values()))
+        assert row["ratio_equal_lr"] == pytest.approx(mom[row["sgd_best_lr"]] / min(sgd.values()))
+    # the valley's numbers are those of valley_steps, cached in the store
+    v = res.measurements["valley"]
+    from ravine.experiments.claims import momentum as mx
+
+    cell = mx.valley_steps(v["kappas"][-1], 0, mx.N_LR["tiny"])
+    assert v["gd_best_steps"][-1] == [cell["gd_best"]] and v["momentum_best_steps"][-1] == [cell["momentum_best"]]

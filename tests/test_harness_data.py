@@ -159,6 +159,14 @@ def test_teacher_task_is_seeded_nested_and_flips_the_stated_share_of_labels():
     changed = float((clean.y_train != noisy.y_train).float().mean())
     assert changed == pytest.approx(0.3 * 3 / 4, abs=4 * (0.225 * 0.775 / 20_000) ** 0.5)
     assert torch.equal(clean.x_train, noisy.x_train)
+    # input_scale s: the same labels, feature j scaled by s^(j/15), input covariance condition number s^2
+    scaled = data.load("teacher", seed=5, n_train=20_000, n_test=10, input_scale=10.0)
+    assert torch.equal(scaled.y_train, big.y_train)
+    torch.testing.assert_close(scaled.x_train, big.x_train * 10.0 ** (torch.arange(16) / 15), rtol=1e-6, atol=1e-6)
+    cov = np.cov(scaled.x_train.double().numpy().T)
+    assert np.linalg.cond(cov) == pytest.approx(100.0, rel=0.1)
+    with pytest.raises(ValueError, match=r"input_scale must be in \[1, 1e\+06\], got 0.5"):
+        data.load("teacher", input_scale=0.5)
     with pytest.raises(ValueError, match=r"label_noise must be in \[0, 1\), got 1.0"):
         data.load("teacher", label_noise=1.0)
     with pytest.raises(ValueError, match=r"n_classes must be an integer in \[2, "):

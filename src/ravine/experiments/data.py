@@ -31,8 +31,11 @@ Names (``load(name, seed=0, **kw)``):
   output weights of each class scaled to unit norm so no class wins by its scale), replaced with
   probability ``label_noise`` by a uniformly drawn class. Every part has its own random stream (teacher,
   training inputs, training noise, test inputs, test noise), so the training set of size ``n`` is the
-  first ``n`` rows of any larger one and the test set does not depend on ``n_train``. Made for
-  measurements along the data size (the ``optimizers`` experiment): 10^6 examples take about a second.
+  first ``n`` rows of any larger one and the test set does not depend on ``n_train``. ``input_scale = s``
+  (default 1) multiplies input feature ``j`` by ``s ** (j / (in_features - 1))`` after the labels are
+  drawn: the same task with badly scaled inputs, whose covariance has condition number ``s^2``. Made for
+  measurements along the data size (the ``optimizers`` experiment) and the conditioning (``momentum``):
+  10^6 examples take about a second.
 
 Targets and losses: every dataset's model output is a tensor of logits over the last dimension and the
 target an integer tensor with the output's shape minus that dimension; positions whose target is
@@ -506,6 +509,7 @@ def _load_teacher(
     n_classes: int = 4,
     hidden: int = 8,
     label_noise: float = 0.1,
+    input_scale: float = 1.0,
 ) -> ArrayDataset:
     n_train = integer("n_train", n_train)
     n_test = integer("n_test", n_test)
@@ -513,6 +517,7 @@ def _load_teacher(
     n_classes = integer("n_classes", n_classes, Interval(int, 2, None, closed="left"))
     hidden = integer("hidden", hidden)
     label_noise = check("label_noise", label_noise, Interval(float, 0, 1, closed="left"))
+    input_scale = check("input_scale", input_scale, Interval(float, 1, 1e6))
     params = {
         "seed": seed,
         "n_train": n_train,
@@ -521,7 +526,11 @@ def _load_teacher(
         "n_classes": n_classes,
         "hidden": hidden,
         "label_noise": label_noise,
+        "input_scale": input_scale,
     }
+    # feature j is multiplied by input_scale ** (j / (d - 1)) after labelling: the same task, with inputs
+    # whose covariance diag(scales^2) has condition number input_scale^2
+    scales = input_scale ** (np.arange(in_features) / max(in_features - 1, 1))
 
     def stream(tag: int) -> np.random.Generator:
         return np.random.default_rng([seed, tag])
@@ -537,7 +546,7 @@ def _load_teacher(
         u = stream(noise_tag).random((n, 2))  # one row per example: the prefix of a larger draw
         flip = u[:, 0] < label_noise
         y = np.where(flip, np.minimum((u[:, 1] * n_classes).astype(np.int64), n_classes - 1), y)
-        return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)
+        return torch.tensor(x * scales, dtype=torch.float32), torch.tensor(y, dtype=torch.int64)
 
     x_train, y_train = draw(n_train, 1, 2)
     x_test, y_test = draw(n_test, 3, 4)
@@ -580,7 +589,8 @@ def load(name: str, seed: int = 0, **kw: Any) -> Dataset:
     - ``modadd``: ``p=97, train_fraction=0.5``.
     - ``parity``: ``n_bits=20, k=3, n_train=2000, n_test=1000``.
     - ``copy``: ``length=10, delay=10, n_symbols=8, n_train=2000, n_test=500``.
-    - ``teacher``: ``n_train=10000, n_test=10000, in_features=16, n_classes=4, hidden=8, label_noise=0.1``.
+    - ``teacher``: ``n_train=10000, n_test=10000, in_features=16, n_classes=4, hidden=8, label_noise=0.1,
+      input_scale=1.0``.
 
     Raises ValueError for an unknown name (listing the valid ones) or an out-of-range argument, and
     TypeError for an argument the dataset does not take.

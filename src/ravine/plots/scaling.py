@@ -29,7 +29,8 @@ class Trend:
     with a band from the lowest to the highest seed (no band for one seed).
 
     ``color`` is a palette index or a colour string; ``linestyle="--"`` and ``marker=None`` suit a fitted
-    line. Non-finite values (a run that diverged, a size where nothing was measured) are left out.
+    line; ``spread`` names what the columns of ``y`` are (``"seeds"``, ``"starts"``) in the legend.
+    Non-finite values (a run that diverged, a size where nothing was measured) are left out.
     """
 
     label: str
@@ -38,6 +39,7 @@ class Trend:
     color: int | str | None = None
     linestyle: str = "-"
     marker: str | None = "o"
+    spread: str = "seeds"
 
 
 @dataclass
@@ -90,7 +92,7 @@ def _draw(ax, panel: TrendPanel) -> None:
             keep &= mean > 0
         c = t.color if isinstance(t.color, str) else color(i if t.color is None else t.color)
         seeds = _seed_matrix(t.y, len(x)).shape[1]
-        label = t.label + (f" (mean, band: {seeds} seeds)" if seeds > 1 else "")
+        label = t.label + (f" (mean, band: {seeds} {t.spread})" if seeds > 1 else "")
         ax.plot(x[keep], mean[keep], color=c, linestyle=t.linestyle, marker=t.marker, markersize=4, label=label)
         if seeds > 1 and keep.any():
             ax.fill_between(x[keep], lo[keep], hi[keep], color=c, alpha=0.18, linewidth=0)
