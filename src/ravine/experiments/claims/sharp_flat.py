@@ -166,6 +166,7 @@ def _measure(run: Any, step: int, probes: int) -> dict[str, Any]:
         "trace_stderr": rep.trace.stderr,
         "sam": rep.sam.value,
         "keskar": rep.keskar.value,
+        "grad_norm": rep.sam.grad_norm,
         "loss": rep.loss,
     }
 
@@ -229,7 +230,7 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
         if step is None:
             step = int(ev["step"][-1])
         i = int(np.flatnonzero(ev["step"] == step)[0])
-        key = f"measure-{r.id}-{step}-{probes}"
+        key = f"measure2-{r.id}-{step}-{probes}"
         rec = {
             "batch": "small" if p.config.batch_size == SMALL else "large",
             "batch_size": p.config.batch_size,
@@ -350,6 +351,13 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
         f"lambda_max by {factors}, while the filter-normalized slice moves by at most "
         f"{measured['dinh_slice_max_abs_diff']:.1e} nats: raw sharpness is not a property of the function."
     )
+    first_order = [num(measured[k]) for k in ("sam_ratio", "keskar_ratio")]
+    if all(math.isfinite(v) for v in first_order) and (min(first_order) < 1) == (num(measured["lambda_ratio"]) > 1):
+        reading += (
+            f" SAM's and Keskar's sharpness rank the batch sizes the other way: both are first order in the "
+            f"gradient away from a stationary point, and at the matched loss the full-data gradient norm is "
+            f"{mean_of('small', 'grad_norm'):.3g} (batch {SMALL}) vs {mean_of('large', 'grad_norm'):.3g} (full batch)."
+        )
     return measured, [str(f) for f in figs], [r.id for r in runs.values()], reading
 
 
