@@ -97,6 +97,11 @@ def _wait_render(pg, after: int) -> None:
     pg.wait_for_function(f"window.__ravine.renders > {after}", timeout=20_000)
 
 
+def _wait_idle(pg) -> None:
+    """Wait until no trajectory request is in flight or waiting to be sent."""
+    pg.wait_for_function("window.__ravine.idle()", timeout=20_000)
+
+
 def _trajectory_traces(pg) -> list[dict]:
     """The drawn trajectory line traces of the contour plot (Plotly's data on the graph div)."""
     return pg.evaluate(
@@ -143,7 +148,7 @@ def test_playground_end_to_end(page, server_url, tmp_path):
     for _ in range(15):
         pg.keyboard.press("ArrowLeft")
     _wait_render(pg, n)
-    pg.wait_for_timeout(300)  # let the debounced last request land
+    _wait_idle(pg)  # the last request (the slider's final value) has been answered and drawn
     lr_now = pg.evaluate("window.__ravine.state().optimizers[2].hyperparams.lr")
     assert lr_now == pytest.approx(0.05 * 10 ** (-0.15), rel=0.02)
     after = next(t for t in _trajectory_traces(pg) if t["name"].startswith("adam"))
@@ -187,7 +192,7 @@ def test_playground_end_to_end(page, server_url, tmp_path):
     hp = pg.evaluate("window.__ravine.state().optimizers[2].hyperparams")
     assert hp[target["xname"]] == pytest.approx(target["x"], rel=1e-5)
     assert hp[target["yname"]] == pytest.approx(target["y"], rel=1e-5)
-    pg.wait_for_timeout(300)
+    _wait_idle(pg)
     srv = next(r for r in pg.evaluate("window.__ravine.result()")["runs"] if r["name"] == "adam")
     assert srv["hyperparams"][target["xname"]] == pytest.approx(target["x"], rel=1e-5)
     # the slider moved with it
@@ -698,3 +703,111 @@ def test_legend_tooltips_ticks_reload_and_fold(browser, server_url):
         assert not problems, "\n".join(problems)
     finally:
         ctx.close()
+
+
+def test_a_dragged_slider_redraws_during_the_drag_and_the_contour_stays(page, server_url):
+    """Issue 15 item 11: during a continuous drag the plot froze until the hand stopped (debounced).
+
+    The mouse drags GD's lr slider back and forth, one input event per move, and keeps moving until
+    responses have been drawn: more than one must be drawn before the button is released (a debounced
+    page draws none while events keep coming). At most one trajectory request is in flight at a time,
+    the contour grid is fetched and its trace built once, a trajectory response carries no grid, and
+    once the drag ends the drawn run has the slider's last value.
+    """
+    pg = page
+    _load(pg, server_url)
+    _wait_idle(pg)
+    bodies: list[dict] = []
+    flight = {"now": 0, "max": 0}
+
+    def sent(r):
+        if r.url.endswith("/api/trajectories"):
+            flight["now"] += 1
+            flight["max"] = max(flight["max"], flight["now"])
+
+    def done(r):
+        if r.url.endswith("/api/trajectories"):
+            flight["now"] -= 1
+
+    pg.on("request", sent)
+    pg.on("requestfinished", done)
+    pg.on("requestfailed", done)
+    pg.on("response", lambda r: bodies.append(r.json()) if r.url.endswith("/api/trajectories") and r.ok else None)
+    before = pg.evaluate("({g: window.__ravine.gridRequests, c: window.__ravine.contourBuilds,"
+                         " r: window.__ravine.renders, t: window.__ravine.trajectoryRequests})")
+    slider = pg.locator("#optimizers .opt").nth(0).locator("input[type=range][data-hp=lr]")
+    box = slider.bounding_box()
+    y = box["y"] + box["height"] / 2
+    lo, hi = box["x"] + 10, box["x"] + box["width"] - 10
+    pg.mouse.move(lo + 0.3 * (hi - lo), y)
+    pg.mouse.down()
+    drawn_during_drag = 0
+    x, direction, moves = lo + 0.3 * (hi - lo), 1, 0
+    while moves < 3000:
+        x += direction * 2
+        if x >= lo + 0.6 * (hi - lo) or x <= lo + 0.2 * (hi - lo):
+            direction = -direction
+        pg.mouse.move(x, y)
+        moves += 1
+        drawn_during_drag = pg.evaluate("window.__ravine.renders") - before["r"]
+        if drawn_during_drag >= 3 and moves >= 100:
+            break
+    last_value = float(slider.input_value())
+    pg.mouse.up()
+    assert drawn_during_drag > 1, f"only {drawn_during_drag} redraws in {moves} input events"
+    _wait_idle(pg)
+    after = pg.evaluate("({g: window.__ravine.gridRequests, c: window.__ravine.contourBuilds,"
+                        " t: window.__ravine.trajectoryRequests})")
+    assert after["g"] == before["g"] and after["c"] == before["c"]  # the contour was neither re-fetched nor rebuilt
+    assert flight["max"] == 1 and after["t"] - before["t"] >= drawn_during_drag  # one request in flight at a time
+    assert bodies and all("grid" not in b and "z" not in b for b in bodies)
+    lr = pg.evaluate("window.__ravine.state().optimizers[0].hyperparams.lr")
+    assert lr == pytest.approx(10**last_value, rel=1e-3)  # the log slider's last position
+    drawn = pg.evaluate("window.__ravine.result().runs[0].hyperparams.lr")
+    assert drawn == lr
+    assert not pg.problems, "\n".join(pg.problems)
+
+
+@pytest.mark.parametrize("preset", ["bowl", "zigzag", "adam_bias", "saddle", "sharp_flat", "cliff_clip"])
+def test_a_preset_loads_its_view_with_caption_and_what_you_are_seeing(browser, server_url, preset):
+    """Issue 15, teaching: one click loads a chapter figure; the caption and the server's sentences are shown.
+
+    Screenshots at 1400x900 go to ``artifacts/web/preset-<id>.png``.
+    """
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = ctx.new_page()
+    problems: list[str] = []
+    pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda exc: problems.append(str(exc)))
+    try:
+        _load(pg, server_url)
+        _wait_idle(pg)
+        pg.click(f"[data-preset='{preset}']")
+        pg.wait_for_function(
+            f"window.__ravine.idle() && window.__ravine.state().preset === '{preset}' && window.__ravine.result()"
+            f" && window.__ravine.result().steps === {_preset(preset)['request']['steps']}",
+            timeout=30_000,
+        )
+        _wait_idle(pg)
+        p = _preset(preset)
+        result = pg.evaluate("window.__ravine.result()")
+        assert [r["name"] for r in result["runs"]] == [o["name"] for o in p["request"]["optimizers"]]
+        assert [r["hyperparams"]["lr"] for r in result["runs"]] == [o["hyperparams"]["lr"] for o in
+                                                                   p["request"]["optimizers"]]
+        if p["request"]["start"] is not None:
+            assert result["start"] == p["request"]["start"]
+        sync_api.expect(pg.locator("#caption")).to_contain_text(p["caption"][0][:40])
+        shown = pg.locator("#seeing li").all_inner_texts()
+        assert shown == result["seeing"]
+        sync_api.expect(pg.locator(f"[data-preset='{preset}']")).to_have_class(re.compile("on"))
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / f"preset-{preset}.png"))
+        assert not problems, "\n".join(problems)
+    finally:
+        ctx.close()
+
+
+def _preset(preset_id: str) -> dict:
+    from ravine.web import teaching
+
+    return next(p for p in teaching.presets() if p["id"] == preset_id)

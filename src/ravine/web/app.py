@@ -65,7 +65,7 @@ import ravine.simulate as sim
 import ravine.surfaces as rs
 from ravine import __version__
 from ravine.curvature import critical_point_kind, max_stable_lr
-from ravine.web import models
+from ravine.web import models, teaching
 from ravine.web._serving import ClientGone, HostCheck, Lanes, LRUCache
 
 #: The page's HTML, JS and CSS.
@@ -376,7 +376,7 @@ def compute_trajectories(
             if cache is not None:
                 cache.put(keys[i], row)
     first = rows[0]["positions"][0]  # type: ignore[index]
-    return {
+    out = {
         "surface": req.surface.surface.name,
         "start": tuple(req.start) if req.start is not None else (float(first[0]), float(first[1])),
         "steps": req.steps,
@@ -385,6 +385,7 @@ def compute_trajectories(
         "simulated_runs": len(missing),
         "elapsed_ms": (time.perf_counter() - t0) * 1e3,
     }
+    return teaching.with_seeing(req, out, stability_limit)  # "what you are seeing", from these runs
 
 
 def compute_sweep(req: models.SweepRequest, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
@@ -502,11 +503,14 @@ def compute_curvature(req: models.CurvatureRequest) -> dict[str, Any]:
     return out
 
 
-def python_snippet(req: models.TrajectoryRequest) -> str:
-    """Python source that reproduces ``req`` with ``ravine.simulate.run`` and draws it with matplotlib.
+def python_snippet(req: models.TrajectoryRequest, colors: Sequence[str] = (), caption: Sequence[str] = ()) -> str:
+    """Python source that reproduces ``req`` with ``ravine.simulate.run`` and saves the page's captioned figure.
 
     Every value is written with ``repr`` (floats round-trip exactly; strings are quoted literals), so
-    the snippet computes the very numbers the page drew.
+    the snippet computes the very numbers the page drew; it draws them with the same
+    ``ravine.plots.playground.playground_figure`` as ``POST /api/export/png``
+    (:func:`ravine.web.teaching.snippet_figure`), in ``colors`` (default: the page's palette), with
+    ``caption`` (the "what you are seeing" sentences) under it.
     """
     surface = req.surface
     if surface.expression is not None and surface.expression.strip():
@@ -522,7 +526,6 @@ def python_snippet(req: models.TrajectoryRequest) -> str:
     schedule = req.schedule.to_sim(req.steps) if req.schedule else None
     clip = req.clip.to_sim() if req.clip else None
     return f'''"""Reproduces a Ravine playground view with ravine.simulate (exported from the page)."""
-import matplotlib.pyplot as plt
 import numpy as np
 
 import ravine.simulate as sim
@@ -545,28 +548,7 @@ tr = sim.run(
     tol={req.tol!r},
 )
 
-X, Y, Z = surface.grid(n=200)
-fmin = surface.global_minimum.value if surface.global_minimum is not None else np.nanmin(Z)
-fig, (ax, ax_loss) = plt.subplots(1, 2, figsize=(12, 5))
-ax.contourf(X, Y, np.log10(Z - np.nanmin(Z) + 1e-3), levels=30, cmap="Blues", alpha=0.3)
-ax.contour(X, Y, np.log10(Z - np.nanmin(Z) + 1e-3), levels=30, colors="grey", linewidths=0.4)
-for label, xy, diverged_at in zip(labels, tr.positions, tr.diverged_at):
-    end = diverged_at + 1 if diverged_at >= 0 else len(xy)
-    (line,) = ax.plot(xy[:end, 0], xy[:end, 1], ".-", ms=2, lw=1.2, label=label)
-    if diverged_at >= 0:
-        ax.plot(*xy[end - 1], "x", color=line.get_color(), ms=10, mew=2)
-ax.plot(*tr.positions[0, 0], "o", color="black")
-(x0, x1), (y0, y1) = surface.domain
-ax.set(xlim=(x0, x1), ylim=(y0, y1), xlabel="x", ylabel="y", title=surface.name)
-ax.legend()
-for label, loss, diverged_at in zip(labels, tr.losses, tr.diverged_at):
-    end = diverged_at + 1 if diverged_at >= 0 else len(loss)
-    ax_loss.semilogy(np.maximum(loss[:end] - fmin, 1e-16), label=label)
-ax_loss.set(xlabel="step", ylabel="loss - minimum", title="loss")
-ax_loss.legend()
-plt.tight_layout()
-plt.show()
-'''
+{teaching.snippet_figure(req, colors, caption)}'''
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -836,7 +818,37 @@ def create_app(
     def python(req: models.TrajectoryRequest) -> dict[str, str]:
         return {"code": python_snippet(req)}
 
+    _teaching_routes(app)
     return app
+
+
+def _teaching_routes(app: FastAPI) -> None:
+    """The teaching routes (:mod:`ravine.web.teaching`): presets, the page's colours, the captioned export."""
+    from ravine.plots.playground import PAGE_STYLE
+
+    @app.get("/api/presets", response_model=list[models.PresetOut], summary="The chapter's figures as views")
+    def presets() -> list[dict[str, Any]]:
+        return teaching.presets()
+
+    @app.get("/api/style", response_model=models.StyleOut, summary="The page's colours (exports use them too)")
+    def style() -> dict[str, Any]:
+        return PAGE_STYLE
+
+    @app.post(
+        "/api/export/png",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}, "description": "the captioned figure, 1800 x 1100 pixels"}},
+        summary="The view as a captioned PNG (contour, loss, gradient norm, settings, what you are seeing)",
+    )
+    def export_png(req: models.ExportRequest) -> Response:
+        result = compute_trajectories(req.request)
+        png = teaching.png_bytes(teaching.export_figure(req.request, result, req.colors))
+        return Response(png, media_type="image/png", headers={"Content-Disposition": "inline; filename=ravine.png"})
+
+    @app.post("/api/export/python", response_model=models.PythonOut, summary="Python that saves the captioned PNG")
+    def export_python(req: models.ExportRequest) -> dict[str, str]:
+        caption = compute_trajectories(req.request)["seeing"]
+        return {"code": python_snippet(req.request, req.colors, caption)}
 
 
 def _plotly_js_path() -> Path:

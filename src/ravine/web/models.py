@@ -772,6 +772,10 @@ class TrajectoryOut(BaseModel):
     runs: list[RunOut]
     simulated_runs: int = Field(..., description="runs simulated for this request (the others were cached)")
     elapsed_ms: float
+    seeing: list[str] = Field(
+        default_factory=list,
+        description="what the runs show, in sentences whose numbers come from the runs (ravine.web.teaching.seeing)",
+    )
 
 
 class SweepOut(BaseModel):
@@ -862,3 +866,41 @@ class PythonOut(BaseModel):
     """Python source that reproduces a trajectory request."""
 
     code: str
+
+
+# ---------------------------------------------------------------------------------------------------
+# Teaching: presets, the page's colours, the captioned export (ravine.web.teaching, ravine.plots.playground).
+
+#: A colour as the page's colour pickers give it: ``#rrggbb``.
+HexColor = Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}$", max_length=7)]
+
+
+class PresetOut(BaseModel):
+    """One of the chapter's figures as a playground view (``ravine.web.teaching.PRESETS``)."""
+
+    id: str
+    title: str
+    section: str = Field(..., description="the chapter's section it illustrates")
+    caption: list[str] = Field(..., description="two lines shown under the contour")
+    request: dict[str, Any] = Field(..., description="a trajectory request (POST /api/trajectories) of the view")
+    sweep: dict[str, Any] | None = Field(
+        None, description="a sweep to run with it: optimizer index 'opt', cells per side 'n', axes 'x' and 'y'"
+    )
+
+
+class StyleOut(BaseModel):
+    """The page's colours, which the exported figures use too (``ravine.plots.playground.PAGE_STYLE``)."""
+
+    palette: list[str]
+    contour_colorscale: list[tuple[float, str]]
+    contour_line: str
+    minimum: str
+    diverged: str
+    start: str
+
+
+class ExportRequest(_Strict):
+    """A view to export: the trajectory request and each run's colour (default: the page's palette in order)."""
+
+    request: TrajectoryRequest
+    colors: list[HexColor] = Field(default_factory=list, max_length=MAX_OPTIMIZERS)

@@ -2,16 +2,20 @@
  *
  * The page computes no trajectory, sweep or curvature of its own: it sends the view's state to the
  * JSON API (/api/...) and draws what comes back. The whole state lives in the URL hash, so a link
- * reproduces the view. Requests are debounced and a newer request aborts the older one.
+ * reproduces the view. Trajectory requests are throttled, not debounced: one is in flight at a time and,
+ * when it returns, the latest state is sent, so a dragged slider redraws at the rate the server answers;
+ * a response older than the one drawn is dropped (sequence numbers). The contour grid is fetched once per
+ * surface and its trace built once; a trajectory response carries runs only. Colours come from
+ * GET /api/style (the exported figures use the same), presets from GET /api/presets.
  */
 "use strict";
 
-const PALETTE = ["#2f5fd0", "#d6402b", "#1b9e5a", "#8e44ad", "#e08a00", "#0f9bb5", "#8c564b", "#d63384",
-  "#5b6b00", "#34495e", "#b8860b", "#006d77", "#9c27b0", "#ef6c00", "#37474f", "#2e7d32"];
+let PALETTE = [];         // the page's colours, from GET /api/style (ravine.plots.playground.PAGE_STYLE)
+let STYLE = null;
 const BASE_FPS = 30;  // steps per second at 1x
 const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
 
-const catalog = { optimizers: {}, optimizerList: [], schedules: {}, surfaces: {}, limits: {} };
+const catalog = { optimizers: {}, optimizerList: [], schedules: {}, surfaces: {}, limits: {}, presets: [] };
 let state = defaultState();
 let nextId = 1;
 let lastResult = null;     // last /api/trajectories response
@@ -23,9 +27,13 @@ const EXPRESSION_OPTION = "(expression)";  // the surface dropdown's entry while
 const inflight = {};       // kind -> AbortController
 const timers = {};
 const anim = { frame: null, playing: false, raf: null, last: 0, acc: 0 };
-// Hooks for tests and the curious: counters of completed renders.
+// The trajectory requests: one in flight; `again` when the state changed since it was sent.
+const runQ = { seq: 0, drawn: 0, busy: false, again: false, epoch: 0, idle: [] };
+let contourCache = { src: null, traces: [] };  // the contour's traces, built once per surface grid
+// Hooks for tests and the curious: counters of completed renders, requests sent, contour traces built.
 window.__ravine = { renders: 0, sweeps: 0, errors: [], state: () => state, result: () => lastResult,
-  curvature: () => lastCurv, sweep: () => lastSweep };
+  curvature: () => lastCurv, sweep: () => lastSweep, trajectoryRequests: 0, gridRequests: 0, contourBuilds: 0,
+  idle: () => !runQ.busy && !runQ.again && !timers.run };
 
 function defaultState() {
   return {
@@ -34,7 +42,7 @@ function defaultState() {
     optimizers: [],
     schedule: { name: "constant", params: {} },
     clip: { kind: "none", max: 1.0 },
-    noise: 0, seed: 0, logLoss: true, speed: 1, mode: "start", probe: null, frame: null,
+    noise: 0, seed: 0, logLoss: true, speed: 1, mode: "start", probe: null, frame: null, preset: null,
     sweep: { opt: 0, x: null, y: null, n: 32, metric: "final_loss" },
   };
 }
@@ -186,42 +194,79 @@ function trajectoryRequest() {
   };
 }
 
-function requestRun(delay = 40) {
+/* Ask for the runs of the current state: sent now if none is in flight, else when the one in flight returns. */
+function requestRun() {
   saveHash();
-  debounce("run", delay, runTrajectories);
+  runQ.again = true;
+  if (!runQ.busy && !timers.run) timers.run = setTimeout(() => { timers.run = null; pumpRuns(); }, 0);
   // each optimizer's lr limit at the probed point depends on its hyperparameters: ask again
-  if (state.probe) debounce("probe", Math.max(delay, 60), () => probe(state.probe));
+  if (state.probe) debounce("probe", 60, () => probe(state.probe));
 }
-async function runTrajectories() {
+/* Forget the runs asked for so far (a new surface): a response to them is not drawn. */
+function cancelRuns() {
+  runQ.epoch += 1;
+  runQ.again = false;
+  clearTimeout(timers.run);
+  timers.run = null;
+  if (inflight.run) inflight.run.abort();
+}
+/* Resolves once no request is in flight or waiting. */
+function whenIdle() {
+  return window.__ravine.idle() ? Promise.resolve() : new Promise((resolve) => runQ.idle.push(resolve));
+}
+function runTrajectories() {
+  requestRun();
+  return whenIdle();
+}
+async function pumpRuns() {
+  if (runQ.busy || !runQ.again) return;
+  runQ.again = false;
   if (!state.optimizers.length) {
     lastResult = null;
     drawAll();
+    settle();
     return;
   }
+  runQ.busy = true;
+  const seq = ++runQ.seq, epoch = runQ.epoch;
   const busy = setTimeout(() => { $("busy").hidden = false; }, 150);
   try {
+    window.__ravine.trajectoryRequests += 1;
     const data = await api("run", "/api/trajectories", trajectoryRequest());
-    if (!data) return;
-    lastResult = data;
-    viewError = null;
-    if (!anim.playing) anim.frame = state.frame = null;
-    drawAll();
-    window.__ravine.renders += 1;
+    if (data && epoch === runQ.epoch && seq > runQ.drawn) {
+      runQ.drawn = seq;
+      lastResult = data;
+      viewError = null;
+      if (!anim.playing) anim.frame = state.frame = null;
+      drawAll();
+      window.__ravine.renders += 1;
+    }
   } catch (e) {
-    showStatus("Trajectories: " + e.message, true, 6000);
-    // the runs drawn belong to the previous settings: clear them and say why nothing is drawn
-    lastResult = null;
-    viewError = { title: null, text: e.message };
-    drawAll();
+    if (epoch === runQ.epoch && !runQ.again) {
+      showStatus("Trajectories: " + e.message, true, 6000);
+      // the runs drawn belong to the previous settings: clear them and say why nothing is drawn
+      lastResult = null;
+      viewError = { title: null, text: e.message };
+      drawAll();
+    }
   } finally {
     clearTimeout(busy);
-    if (!inflight.run) $("busy").hidden = true;
+    runQ.busy = false;
+    $("busy").hidden = true;
+    if (runQ.again) pumpRuns();
+    else settle();
   }
+}
+function settle() {
+  if (!window.__ravine.idle()) return;
+  const waiting = runQ.idle.splice(0);
+  for (const resolve of waiting) resolve();
 }
 
 /* Load the contour grid; with adoptLr, every optimizer takes the surface's suggested learning rate. */
 async function loadSurface(adoptLr = false) {
   try {
+    window.__ravine.gridRequests += 1;
     const data = await api("grid", "/api/surface/grid", { surface: surfaceSpec(), n: 120 });
     if (!data) return;
     surfaceInfo = data;
@@ -231,7 +276,7 @@ async function loadSurface(adoptLr = false) {
         if (lr !== undefined) o.hyperparams.lr = lr;
       }
       renderOptimizers();
-      requestRun(0);
+      requestRun();
     }
     lastCurv = null;
     drawAll();
@@ -256,7 +301,14 @@ function minLoss() {
   return 0;
 }
 
+/* The contour and minima traces of the current surface, built once per grid (the same objects each redraw). */
 function contourTraces() {
+  if (contourCache.src === surfaceInfo) return contourCache.traces;
+  contourCache = { src: surfaceInfo, traces: buildContourTraces() };
+  if (surfaceInfo) window.__ravine.contourBuilds += 1;
+  return contourCache.traces;
+}
+function buildContourTraces() {
   const traces = [];
   const g = surfaceInfo && surfaceInfo.grid;
   if (g) {
@@ -272,8 +324,8 @@ function contourTraces() {
     traces.push({
       type: "contour", x: g.x, y: g.y, z, autocontour: false, contours: { start: zlo, end: zhi, size, coloring: "fill" },
       showscale: false, hoverinfo: "skip",
-      colorscale: [[0, "#ffffff"], [0.5, "#e4e9f4"], [1, "#b4bfd6"]],
-      line: { width: 0.6, color: "rgba(60,70,100,0.35)" },
+      colorscale: STYLE.contour_colorscale,
+      line: { width: 0.6, color: STYLE.contour_line },
     });
     const mins = surfaceInfo.minima || [];
     if (mins.length) {
@@ -282,7 +334,7 @@ function contourTraces() {
         showlegend: false, hovertemplate: "%{text}<extra></extra>",
         text: mins.map((m) => `${m.kind} minimum f=${fmt(m.value)}`),
         marker: { symbol: mins.map((m) => (m.kind === "global" ? "star" : "star-open")), size: 13,
-          color: "#f2b705", line: { color: "#6b5200", width: 1 } },
+          color: STYLE.minimum, line: { color: "#6b5200", width: 1 } },
       });
     }
   }
@@ -460,7 +512,19 @@ function drawTransport() {
   $("btn-play").textContent = anim.playing ? "❙❙" : "▶";
 }
 
+/* The preset's two-line caption, and what the runs show (computed by the server from these runs). */
+function drawSeeing() {
+  const preset = catalog.presets.find((p) => p.id === state.preset);
+  $("caption").hidden = !preset;
+  $("caption").replaceChildren(...(preset ? [el("b", {}, preset.title + ". "), preset.caption.join(" ")] : []));
+  const lines = (lastResult && lastResult.seeing) || [];
+  $("seeing").replaceChildren(...lines.map((t) => el("li", {}, t)));
+  $("seeing-box").hidden = !lines.length;
+  document.querySelectorAll("#presets .preset").forEach((b) => b.classList.toggle("on", b.dataset.preset === state.preset));
+}
+
 function drawAll() {
+  drawSeeing();
   drawContour();
   drawSide();
   drawSummary();
@@ -545,7 +609,7 @@ function addOptimizer(name, hyperparams) {
   state.optimizers.push({ id: nextId++, name, color, hyperparams: hp });
   renderOptimizers();
   renderSweepControls();
-  requestRun(0);
+  requestRun();
 }
 
 function sliderPos(h, v) {
@@ -563,12 +627,12 @@ function hyperparamRow(o, h) {
   if (h.kind === "bool") {
     const cb = el("input", { type: "checkbox", "data-hp": h.name });
     cb.checked = !!v;
-    cb.addEventListener("change", () => { o.hyperparams[h.name] = cb.checked; requestRun(0); });
+    cb.addEventListener("change", () => { o.hyperparams[h.name] = cb.checked; requestRun(); });
     row.append(el("span", {}, cb), el("span"));
   } else if (h.kind === "choice") {
     const sel = el("select", { "data-hp": h.name }, ...h.choices.map((c) => el("option", { value: c }, c)));
     sel.value = v;
-    sel.addEventListener("change", () => { o.hyperparams[h.name] = sel.value; requestRun(0); });
+    sel.addEventListener("change", () => { o.hyperparams[h.name] = sel.value; requestRun(); });
     row.append(sel, el("span"));
   } else {
     const lo = h.log ? Math.log10(h.min) : h.min, hi = h.log ? Math.log10(h.max) : h.max;
@@ -581,7 +645,7 @@ function hyperparamRow(o, h) {
       const val = sliderVal(h, Number(slider.value));
       o.hyperparams[h.name] = val;
       num.value = numText(val);
-      requestRun(30);
+      requestRun();
     });
     num.addEventListener("change", () => {
       const val = Number(num.value);
@@ -589,7 +653,7 @@ function hyperparamRow(o, h) {
       o.hyperparams[h.name] = clean(val);
       num.value = numText(o.hyperparams[h.name]);
       slider.value = String(sliderPos(h, val));
-      requestRun(0);
+      requestRun();
     });
     const wrap = el("div", { class: "slider-wrap" }, slider);
     if (h.name === "lr") wrap.append(el("div", { class: "stab-mark", hidden: true, "data-stab": "1" }));
@@ -616,7 +680,7 @@ function renderOptimizers() {
       else if (lr !== undefined) o.hyperparams.lr = lr;
       renderOptimizers();
       renderSweepControls();
-      requestRun(0);
+      requestRun();
     });
     const color = el("input", { type: "color", value: o.color, title: "colour" });
     color.addEventListener("input", () => { o.color = color.value; card.style.setProperty("--c", o.color); drawAll(); saveHash(); });
@@ -625,7 +689,7 @@ function renderOptimizers() {
       state.optimizers = state.optimizers.filter((q) => q !== o);
       renderOptimizers();
       renderSweepControls();
-      requestRun(0);
+      requestRun();
     });
     const card = el("div", { class: "opt", "data-index": i, style: `--c:${o.color}` },
       el("div", { class: "opt-head" }, color, sel, remove));
@@ -677,7 +741,7 @@ function renderSurfaceParams() {
       state.surface.params[k] = v;
       saveHash();
       loadSurface();
-      requestRun(0);
+      requestRun();
     });
     box.append(el("label", { class: "hint" }, k), inp);
   }
@@ -711,7 +775,7 @@ function renderSchedule() {
       else if (p.choices && p.choices.length) state.schedule.params[p.name] = inp.value;
       else if (inp.value === "") delete state.schedule.params[p.name];
       else state.schedule.params[p.name] = Number(inp.value);
-      requestRun(0);
+      requestRun();
     });
     box.append(el("div", { class: "row" }, el("label", {}, p.name.replace(/_/g, " ")), inp));
   }
@@ -860,10 +924,54 @@ function onSweepClick(ev) {
   renderOptimizers();
   drawSweep();
   showStatus(`Loaded ${lastSweep.x_name}=${fmt(p.x)}, ${lastSweep.y_name}=${fmt(p.y)} into ${labels()[state.sweep.opt]}`);
-  requestRun(0);
+  requestRun();
 }
 
 // ------------------------------------------------------------------------------------------ curvature
+/* Load a chapter preset (GET /api/presets): its request becomes the view's state; its sweep, if any, is run. */
+async function applyPreset(p) {
+  const r = p.request;
+  cancelRuns();
+  pause();
+  const s = r.surface;
+  state.preset = p.id;
+  state.start = r.start;
+  state.steps = r.steps;
+  state.noise = r.noise;
+  state.seed = r.seed;
+  state.schedule = r.schedule ? { name: r.schedule.name, params: { ...r.schedule.params } } : { name: "constant", params: {} };
+  state.clip = r.clip ? { kind: r.clip.kind, max: r.clip.max } : { kind: "none", max: 1.0 };
+  state.optimizers = r.optimizers.map((o, i) => ({ id: nextId++, name: o.name, color: PALETTE[i % PALETTE.length],
+    hyperparams: { ...defaultsOf(o.name), ...o.hyperparams } }));
+  state.probe = null;
+  lastCurv = null;
+  lastResult = null;
+  viewError = null;
+  anim.frame = state.frame = null;
+  $("curv-info").textContent = "no point probed yet";
+  if (p.sweep) {
+    state.sweep = { opt: p.sweep.opt, n: p.sweep.n, x: { ...p.sweep.x }, y: { ...p.sweep.y }, metric: "final_loss" };
+  }
+  if (s.expression) {
+    state.surface = { name: state.surface.name, params: {}, expression: s.expression, box: 2 };
+    syncControls();
+    await checkExpression();  // draws the typed surface; it resets the start, which the preset sets again
+    state.start = r.start;
+  } else {
+    state.surface = { name: s.name, params: { ...(s.params || {}) }, expression: null };
+    syncControls();
+    $("expression").classList.remove("active", "invalid");
+    $("expression-error").hidden = true;
+    await loadSurface(false);
+  }
+  requestRun();
+  if (p.sweep) runSweep();
+  else {
+    lastSweep = null;
+    delete state.sweep.request;
+  }
+}
+
 async function probe(point) {
   state.probe = point;
   saveHash();
@@ -902,7 +1010,9 @@ function showSurfaceChoice(typed) {
 }
 function selectSurface(name) {
   if (name === EXPRESSION_OPTION) return;
+  cancelRuns();
   state.surface = { name, params: {}, expression: null };
+  state.preset = null;
   viewError = null;
   showSurfaceChoice(false);
   state.start = null;
@@ -914,7 +1024,7 @@ function selectSurface(name) {
   renderSurfaceParams();
   saveHash();
   // the user's hyperparameters (learning rates included) are kept: a new surface changes no setting
-  loadSurface(false).then(() => requestRun(0));
+  loadSurface(false).then(() => requestRun());
 }
 async function checkExpression() {
   const input = $("expression");
@@ -940,8 +1050,7 @@ async function checkExpression() {
       errBox.hidden = false;
       // the typed expression is what the user asked for: show no stale surface or runs in its place
       showSurfaceChoice(true);
-      clearTimeout(timers.run);
-      if (inflight.run) inflight.run.abort();
+      cancelRuns();
       surfaceInfo = null;
       lastResult = null;
       lastCurv = null;
@@ -952,6 +1061,7 @@ async function checkExpression() {
     input.classList.remove("invalid");
     input.classList.add("active");
     errBox.hidden = true;
+    cancelRuns();
     state.surface = { name: state.surface.name, params: {}, expression: text, box: Number($("expr-box").value) || 2 };
     state.start = null;
     lastCurv = null;
@@ -962,7 +1072,7 @@ async function checkExpression() {
     viewError = null;
     renderSurfaceParams();
     drawAll();
-    requestRun(0);
+    requestRun();
   } catch (e) {
     errBox.textContent = e.message;
     errBox.hidden = false;
@@ -982,7 +1092,7 @@ function onContourClick(ev) {
   const y = Number(fl.yaxis.p2c(py).toPrecision(5));
   if (state.mode === "probe") { probe([x, y]); return; }
   state.start = [x, y];
-  requestRun(0);
+  requestRun();
 }
 
 // ------------------------------------------------------------------------------------------ export
@@ -1000,9 +1110,23 @@ async function copyText(text) {
     return false;
   }
 }
+/* The view as the server draws it: a captioned PNG (contour, loss, gradient norm, settings, what you are seeing). */
+async function exportPng() {
+  try {
+    const res = await fetch("/api/export/png", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(exportRequest(), cleanNumbers) });
+    if (!res.ok) throw new Error((await res.json()).message || res.statusText);
+    download("ravine-playground.png", await res.blob());
+  } catch (e) {
+    showStatus("PNG: " + e.message, true);
+  }
+}
+function exportRequest() {
+  return { request: trajectoryRequest(), colors: state.optimizers.map((o, i) => runColor(i)) };
+}
 async function showPython() {
   try {
-    const data = await api("python", "/api/python", trajectoryRequest());
+    const data = await api("python", "/api/export/python", exportRequest());
     if (!data) return;
     $("python-code").value = data.code;
     $("python-copied").textContent = (await copyText(data.code)) ? "copied to the clipboard" : "";
@@ -1028,36 +1152,36 @@ function wire() {
     state.steps = v;
     anim.frame = null;
     renderSchedule();
-    requestRun(0);
+    requestRun();
   });
-  $("btn-reset-start").addEventListener("click", () => { state.start = null; requestRun(0); });
+  $("btn-reset-start").addEventListener("click", () => { state.start = null; requestRun(); });
   document.querySelectorAll("input[name=click-mode]").forEach((r) => r.addEventListener("change", () => {
     state.mode = r.value; saveHash();
   }));
   $("schedule").addEventListener("change", () => {
     state.schedule = { name: $("schedule").value, params: {} };
     renderSchedule();
-    requestRun(0);
+    requestRun();
   });
   $("clip-kind").addEventListener("change", () => {
     state.clip.kind = $("clip-kind").value;
     $("clip-max").disabled = state.clip.kind === "none";
-    requestRun(0);
+    requestRun();
   });
   $("clip-max").addEventListener("change", () => {
     const v = Number($("clip-max").value);
     if (!(v > 0)) { $("clip-max").value = String(state.clip.max); showStatus("Clip threshold must be > 0", true); return; }
     state.clip.max = v;
-    requestRun(0);
+    requestRun();
   });
   $("noise").addEventListener("input", () => {
     state.noise = Number($("noise").value);
     $("noise-val").textContent = fmt(state.noise);
-    requestRun(30);
+    requestRun();
   });
   $("seed").addEventListener("change", () => {
     state.seed = Math.max(0, Math.round(Number($("seed").value) || 0));
-    requestRun(0);
+    requestRun();
   });
   $("btn-add").addEventListener("click", () => addOptimizer($("add-name").value));
   $("log-loss").addEventListener("change", () => { state.logLoss = $("log-loss").checked; saveHash(); drawSide(); });
@@ -1085,8 +1209,7 @@ function wire() {
     saveHash();
     showStatus((await copyText(location.href)) ? "Link copied: it reproduces this view." : "Link is in the address bar.");
   });
-  $("btn-png").addEventListener("click", () => Plotly.downloadImage("contour",
-    { format: "png", width: 1000, height: 900, scale: 2, filename: "ravine-playground" }));
+  $("btn-png").addEventListener("click", exportPng);
   $("btn-json").addEventListener("click", () => {
     const cleaned = (v) => JSON.parse(JSON.stringify(v, cleanNumbers));  // the settings as sent; results exact
     const payload = { state: cleaned(state), request: cleaned(trajectoryRequest()), response: lastResult, sweep: lastSweep,
@@ -1129,9 +1252,13 @@ function syncControls() {
 
 async function init() {
   try {
-    const [opts, scheds, surfs, limits] = await Promise.all([
+    const [opts, scheds, surfs, limits, style, presets] = await Promise.all([
       api("c1", "/api/optimizers"), api("c2", "/api/schedules"), api("c3", "/api/surfaces"), api("c4", "/api/limits"),
+      api("c5", "/api/style"), api("c6", "/api/presets"),
     ]);
+    STYLE = style;
+    PALETTE = style.palette;
+    catalog.presets = presets;
     catalog.optimizerList = opts.map((o) => o.name);
     for (const o of opts) catalog.optimizers[o.name] = o;
     for (const s of scheds) catalog.schedules[s.name] = s;
@@ -1144,6 +1271,8 @@ async function init() {
   $("surface-select").replaceChildren(...Object.values(catalog.surfaces).map((s) =>
     el("option", { value: s.name, title: plain(s.description) }, s.name)),
     el("option", { value: EXPRESSION_OPTION, hidden: true, disabled: true }, "typed expression"));
+  $("presets").replaceChildren(...catalog.presets.map((p) => el("button", { class: "preset", "data-preset": p.id,
+    title: `${p.section}: ${p.caption.join(" ")}`, onclick: () => applyPreset(p) }, p.title)));
   $("add-name").replaceChildren(...catalog.optimizerList.map((n) => el("option", { value: n }, n)));
   $("add-name").value = catalog.optimizers.adam ? "adam" : catalog.optimizerList[0];
   $("schedule").replaceChildren(...Object.values(catalog.schedules).map((s) =>
