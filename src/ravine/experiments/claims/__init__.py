@@ -23,10 +23,14 @@ name               claim
                    straight line between two solutions and along a fitted Bezier curve
 ``sharp-flat``     batch 16 vs full batch at matched training loss: lambda_max, trace, SAM, Keskar vs
                    the generalization gap; filter-normalized slices; Dinh et al.'s rescaling
-``local-minima``   MLPs on digits from several seeds: spread of final losses; loss barriers along the
-                   straight line between two solutions and along a fitted Bezier curve
-``sharp-flat``     batch 16 vs full batch at matched training loss: lambda_max, trace, SAM, Keskar vs
-                   the generalization gap; filter-normalized slices; Dinh et al.'s rescaling
+``sgd-noise``      gradient noise at the same lr: 2D runs from a sharp basin and a saddle's stable
+                   manifold; mini-batch vs full-batch sharpness of an MLP
+``saddles``        a small-init deep linear net: the plateau's Hessian (lambda_min, index: dense and SLQ)
+                   along training; steps to escape with and without noise
+``adam-landscape`` condition number of H and of Adam's P^-1 H along training: the 2D valley (exact)
+                   and an MLP (top-10 eigenvalues of the dense Hessian); Adam's vs GD's path
+``edge-of-stability``  full-batch GD at several lrs, heavy ball and Adam on digits (MSE): sharpness rises
+                   to 2/lr (2(1+beta)/lr; Adam's preconditioned sharpness to 38/lr) and hovers there
 =================  ====================================================================================
 """
 
@@ -77,8 +81,10 @@ _MODULES = {
     "clipping": "clipping",
     "local-minima": "local_minima",
     "sharp-flat": "sharp_flat",
-    "local-minima": "local_minima",
-    "sharp-flat": "sharp_flat",
+    "sgd-noise": "sgd_noise",
+    "saddles": "saddles",
+    "adam-landscape": "adam_landscape",
+    "edge-of-stability": "edge_of_stability",
 }
 
 
