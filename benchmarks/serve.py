@@ -1,40 +1,52 @@
-"""Latency and throughput of the playground server (``ravine serve``) on a real loopback socket.
+"""The playground server (``ravine serve``) under a class's load, on a real loopback socket.
 
-Starts ``python -m ravine.cli serve`` in a subprocess on a free port, then measures the request the page
-sends most: 6 optimizers (gd, momentum, nesterov, rmsprop, adam, adamw) x 500 steps on Rosenbrock.
+Starts ``python -m ravine.cli serve`` in a subprocess on a free port (``--workers`` as given; several values run
+one after another, each on a fresh server, so their figures come from the same run), then measures the request
+the page sends most: 6 optimizers (gd, momentum, nesterov, rmsprop, adam, adamw) x 500 steps on Rosenbrock.
 
-(a) one client dragging a slider: sequential requests, each with a different Adam learning rate (as the
-    page sends while the slider moves); p50/p95 latency. Target: p95 < 50 ms. Measured twice: as on the
-    page (the other five runs are unchanged, so the server's run cache supplies them and one run is
-    simulated per request), and with every run distinct (all six simulated: the full compute).
-(b) many clients at once: ``--clients`` (50) clients x ``--per-client`` (20) requests, every request
-    with distinct parameters (so the server's response cache never answers); errors, per-client
-    completion (no client starved), throughput in requests/s and p50/p95 latency.
+(a) one client dragging a slider: sequential requests, each with a different Adam learning rate (as the page
+    sends while the slider moves; the other five runs are unchanged); p50/p95 latency. Target: p95 < 50 ms.
+(b) a class: ``--clients`` (50) clients x ``--per-client`` (20) requests, every request distinct (the response
+    cache never answers); errors, per-client completion (no client starved), requests/s, p50/p95 latency.
+    Target: p95 < 1 s.
+(c) a small request while a maximal one (16 optimizers of 12 kinds x 10000 steps) computes: the small request's
+    latency minus its latency on an idle server (the delay the big one causes), measured only while the big one
+    is still running (``GET /api/load``). Target: never more than 100 ms.
+(d) four maximal requests whose clients disconnect at once: the delay of the next small requests, and how long
+    the server takes to stop the abandoned work (``stopped_running`` at ``GET /api/load``).
 
-Latency is split into the server's compute (``elapsed_ms`` of the response: ``ravine.simulate.run``
-plus conversion) and the rest (validation, JSON encoding, HTTP, queueing).
+Latency is the client's wall time; "compute" is the server's ``elapsed_ms`` (``ravine.simulate.run`` plus
+conversion). Absolute times depend on the machine and its load; compare figures printed by the same run.
 
 Usage::
 
-    python benchmarks/serve.py                       # the full measurement (a) + (b) 50 x 20
-    python benchmarks/serve.py --quick               # (a) 20 requests, (b) 50 x 2
+    python benchmarks/serve.py                         # the server's default --workers, (b) 50 x 20
+    python benchmarks/serve.py --workers 0 2           # threads vs 2 worker processes, same run
+    python benchmarks/serve.py --quick                 # (a) 20 requests, (b) 50 x 2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import re
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
 
 OPTIMIZERS = ["gd", "momentum", "nesterov", "rmsprop", "adam", "adamw"]
 BASE_LR = {"gd": 1e-3, "momentum": 1e-2, "nesterov": 1e-2, "rmsprop": 1e-2, "adam": 0.05, "adamw": 0.05}
+_KINDS = ["gd", "sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adam_l2", "adagrad", "lion", "adopt",
+          "schedule_free_adamw"]
+_ELAPSED = re.compile(rb'"elapsed_ms":\s*([0-9.eE+-]+)')
+_TAIL = 64 * 1024  # elapsed_ms sits after the runs, near the end of the body
 
 
 def make_request(adam_lr: float, steps: int, jitter: float = 0.0) -> dict:
@@ -43,12 +55,13 @@ def make_request(adam_lr: float, steps: int, jitter: float = 0.0) -> dict:
     for name in OPTIMIZERS:
         lr = adam_lr if name == "adam" else BASE_LR[name] * (1.0 + jitter)
         opts.append({"name": name, "hyperparams": {"lr": lr}})
-    return {
-        "surface": {"name": "rosenbrock"},
-        "start": [-1.5, 2.5 - jitter],
-        "steps": steps,
-        "optimizers": opts,
-    }
+    return {"surface": {"name": "rosenbrock"}, "start": [-1.5, 2.5 - jitter], "steps": steps, "optimizers": opts}
+
+
+def maximal_request(tag: int) -> dict:
+    """The most work one trajectory request may ask for: 16 optimizers (12 kinds) x 10000 steps."""
+    opts = [{"name": _KINDS[i % len(_KINDS)], "hyperparams": {"lr": 1e-4 * (1 + i + tag / 97)}} for i in range(16)]
+    return {"surface": {"name": "rosenbrock"}, "steps": 10000, "optimizers": opts}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -59,18 +72,24 @@ def pct(values: list[float], q: float) -> float:
     return s[k]
 
 
+def elapsed_ms(content: bytes) -> float:
+    """The server's ``elapsed_ms`` (read off the response's tail, without parsing 150 KB of JSON)."""
+    m = _ELAPSED.search(content[-_TAIL:])
+    return float(m.group(1)) if m else float("nan")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_server(port: int, concurrency: int | None) -> subprocess.Popen:
+def start_server(port: int, workers: int | None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "ravine.cli", "serve", "--port", str(port)]
-    if concurrency:
-        cmd += ["--concurrency", str(concurrency)]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while True:
         try:
             httpx.get(f"http://127.0.0.1:{port}/api/limits", timeout=2).raise_for_status()
@@ -80,134 +99,181 @@ def start_server(port: int, concurrency: int | None) -> subprocess.Popen:
                 raise RuntimeError(f"server exited: {proc.stderr.read()}") from None
             if time.monotonic() > deadline:
                 proc.terminate()
-                raise RuntimeError("server did not start within 60 s") from None
+                raise RuntimeError("server did not start within 120 s") from None
             time.sleep(0.2)
 
 
-def slider_drag(base: str, n: int, steps: int, cold: bool) -> dict:
-    """``n`` sequential requests; the Adam lr moves from 0.01 to 0.1 as a dragged slider does.
+def big_lane(base: str) -> dict:
+    return httpx.get(base + "/api/load", timeout=30).json()["lanes"]["big"]
 
-    ``cold=False``: only Adam changes between requests, as on the page, so the server's run cache
-    supplies the other five runs and one run is simulated per request. ``cold=True``: every run of
-    every request is distinct (all six simulated), which measures the full compute.
-    """
-    lat, comp, sims, size = [], [], [], 0
-    tag = 0.37 if cold else 0.11  # keeps the two passes' requests apart
+
+def send_and_leave_open(port: int, body: dict) -> socket.socket:
+    """POST ``body`` on a plain socket and keep it open; closing it is the client disconnecting."""
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(
+        f"POST /api/trajectories HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+    )
+    return sock
+
+
+def slider_drag(base: str, n: int, steps: int) -> dict:
+    """``n`` sequential requests; only the Adam lr changes (0.01 -> 0.1), as while a slider is dragged."""
+    lat, comp = [], []
     with httpx.Client(base_url=base, timeout=120) as c:
-        for i in range(3):  # warm-up (imports, first allocation), not measured
-            c.post("/api/trajectories", json=make_request(0.02 + 0.001 * i, steps, jitter=tag + 0.01 * i))
+        for i in range(3):  # warm-up (first allocations, the run cache), not measured
+            c.post("/api/trajectories", json=make_request(0.02 + 0.001 * i, steps, jitter=0.11))
         for i in range(n):
-            lr = 0.01 * 10 ** (i / max(1, n - 1))  # the slider moves from 0.01 to 0.1
-            req = make_request(lr, steps, jitter=(tag + 1e-4 * (i + 1)) if cold else tag)
+            req = make_request(0.01 * 10 ** (i / max(1, n - 1)), steps, jitter=0.11)
             t = time.perf_counter()
             r = c.post("/api/trajectories", json=req)
             lat.append((time.perf_counter() - t) * 1e3)
             r.raise_for_status()
-            assert r.headers.get("x-ravine-cache") == "miss"
-            body = r.json()
-            comp.append(body["elapsed_ms"])
-            sims.append(body["simulated_runs"])
-            size = len(r.content)
-    return {"lat": lat, "comp": comp, "sims": sims, "size": size}
+            comp.append(elapsed_ms(r.content))
+    return {"lat": lat, "comp": comp}
 
 
-def report_drag(title: str, s: dict) -> None:
-    over = [x - y for x, y in zip(s["lat"], s["comp"])]
-    p95 = pct(s["lat"], 95)
-    print(
-        f"\n{title}: {len(s['lat'])} sequential requests, response {s['size'] / 1024:.0f} KiB, "
-        f"runs simulated per request: {statistics.mean(s['sims']):.1f} of {len(OPTIMIZERS)}"
-    )
-    print(
-        f"    latency  p50 {pct(s['lat'], 50):7.1f} ms   p95 {p95:7.1f} ms   "
-        f"(target p95 < 50 ms: {'met' if p95 < 50 else 'NOT met'})"
-    )
-    print(
-        f"    compute  p50 {pct(s['comp'], 50):7.1f} ms   p95 {pct(s['comp'], 95):7.1f} ms   "
-        "(server side: ravine.simulate.run + conversion)"
-    )
-    print(f"    rest     p50 {pct(over, 50):7.1f} ms   (validation, JSON encoding, HTTP)")
-
-
-async def many_clients(base: str, clients: int, per_client: int, steps: int) -> dict:
+async def many_clients(base: str, clients: int, per_client: int, steps: int, tag: float) -> dict:
     lat: list[float] = []
     comp: list[float] = []
     errors: list[str] = []
     done = [0] * clients
-    finish = [0.0] * clients
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as c:
         t0 = time.perf_counter()
 
         async def client(k: int) -> None:
             for i in range(per_client):
-                req = make_request(0.05, steps, jitter=(k * per_client + i + 1) * 1e-5)
+                req = make_request(0.05, steps, jitter=tag + (k * per_client + i + 1) * 1e-5)
                 t = time.perf_counter()
                 try:
                     r = await c.post("/api/trajectories", json=req)
                     r.raise_for_status()
                     if r.headers.get("x-ravine-cache") != "miss":
                         errors.append(f"client {k} request {i}: answered from the cache")
-                    comp.append(r.json()["elapsed_ms"])
+                    comp.append(elapsed_ms(r.content))
                     done[k] += 1
                 except Exception as exc:  # noqa: BLE001 - every failure is reported
                     errors.append(f"client {k} request {i}: {type(exc).__name__}: {exc}")
                 lat.append((time.perf_counter() - t) * 1e3)
-            finish[k] = time.perf_counter() - t0
 
         await asyncio.gather(*(client(k) for k in range(clients)))
         wall = time.perf_counter() - t0
-    return {"lat": lat, "comp": comp, "errors": errors, "done": done, "finish": finish, "wall": wall}
+    return {"lat": lat, "comp": comp, "errors": errors, "done": done, "wall": wall}
+
+
+def small_latencies(base: str, n: int, tag: float, while_big: bool = False) -> list[float]:
+    """Latencies of ``n`` sequential distinct page requests; with ``while_big``, only those that ended while a
+    big request was still computing."""
+    out = []
+    with httpx.Client(base_url=base, timeout=120) as c:
+        for i in range(n):
+            req = make_request(0.05, 500, jitter=tag + i * 1e-6)
+            t = time.perf_counter()
+            c.post("/api/trajectories", json=req).raise_for_status()
+            ms = (time.perf_counter() - t) * 1e3
+            if not while_big or big_lane(base)["running"] > 0:
+                out.append(ms)
+    return out
+
+
+def wait_for(predicate, timeout: float = 120.0) -> float:
+    t0 = time.perf_counter()
+    while not predicate():
+        if time.perf_counter() - t0 > timeout:
+            raise RuntimeError("timed out")
+        time.sleep(0.02)
+    return time.perf_counter() - t0
+
+
+def measure(workers: int | None, a: argparse.Namespace) -> dict:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_server(port, workers)
+    try:
+        mode = httpx.get(base + "/api/load").json()
+        label = f"--workers {mode['workers']}" + (" (threads)" if mode["mode"] == "threads" else " (processes)")
+        load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"\n=== ravine serve {label} on {base} ({os.cpu_count()} CPU cores; load average {load})")
+        out: dict = {"label": label}
+
+        s = slider_drag(base, a.requests, a.steps)
+        out["drag_p95"] = pct(s["lat"], 95)
+        print(f"(a) slider drag, {a.requests} sequential requests: latency p50 {pct(s['lat'], 50):.1f} ms, "
+              f"p95 {out['drag_p95']:.1f} ms (target < 50 ms: {'met' if out['drag_p95'] < 50 else 'NOT met'}); "
+              f"compute p50 {pct(s['comp'], 50):.1f} ms")
+
+        b = asyncio.run(many_clients(base, a.clients, a.per_client, a.steps, tag=0.3 + (workers or 0) * 0.01))
+        total, ok = a.clients * a.per_client, sum(b["done"])
+        starved = sum(1 for d in b["done"] if d < a.per_client)
+        out.update(rps=ok / b["wall"], p50=pct(b["lat"], 50), p95=pct(b["lat"], 95), errors=len(b["errors"]))
+        print(f"(b) {a.clients} clients x {a.per_client} distinct requests: {ok}/{total} completed, "
+              f"{len(b['errors'])} errors, {starved} starved; {out['rps']:.1f} req/s; latency p50 {out['p50']:.0f} ms, "
+              f"p95 {out['p95']:.0f} ms, max {max(b['lat']):.0f} ms (target p95 < 1 s: "
+              f"{'met' if out['p95'] < 1000 else 'NOT met'}); compute p50 {pct(b['comp'], 50):.1f} ms")
+        for e in b["errors"][:3]:
+            print(f"      {e}")
+
+        idle = small_latencies(base, a.small, tag=0.5)
+        base_ms = statistics.median(idle)
+        sock = send_and_leave_open(port, maximal_request(1))
+        wait_for(lambda: big_lane(base)["running"] == 1)
+        busy = small_latencies(base, a.small, tag=0.6, while_big=True)
+        sock.close()
+        delays = [x - base_ms for x in busy]
+        out.update(idle=base_ms, delay_p50=pct(delays, 50), delay_max=max(delays) if delays else float("nan"))
+        print(f"(c) small request on an idle server p50 {base_ms:.1f} ms; while a maximal request computes "
+              f"({len(busy)} requests measured): p50 {pct(busy, 50):.1f} ms, max {max(busy):.1f} ms: delay p50 "
+              f"{out['delay_p50']:.1f} ms, max {out['delay_max']:.1f} ms (target <= 100 ms: "
+              f"{'met' if out['delay_max'] <= 100 else 'NOT met'})")
+        wait_for(lambda: big_lane(base)["running"] == 0)
+
+        before = big_lane(base)["stopped_running"] + big_lane(base)["cancelled_queued"]
+        socks = [send_and_leave_open(port, maximal_request(10 + k)) for k in range(4)]
+        wait_for(lambda: big_lane(base)["running"] == 1 and big_lane(base)["queued"] == 3)
+
+        def all_stopped() -> bool:
+            lane = big_lane(base)
+            return lane["running"] == 0 and lane["stopped_running"] + lane["cancelled_queued"] - before == 4
+
+        stopped: list[float] = []
+        watcher = threading.Thread(target=lambda: stopped.append(wait_for(all_stopped)))
+        for sk in socks:
+            sk.close()
+        watcher.start()  # measures from the disconnects, while the small requests below run
+        after = small_latencies(base, a.small, tag=0.7)
+        watcher.join(120)
+        stop_s = stopped[0] if stopped else float("nan")
+        out.update(abandoned_delay_max=max(after) - base_ms, stop_ms=stop_s * 1e3)
+        print(f"(d) 4 maximal requests abandoned by their clients: the next {a.small} small requests p50 "
+              f"{pct(after, 50):.1f} ms, max {max(after):.1f} ms (delay max {out['abandoned_delay_max']:.1f} ms); "
+              f"all abandoned work stopped or dropped within {out['stop_ms']:.0f} ms of the disconnects")
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, nargs="*", default=[None], help="server --workers values to measure")
     ap.add_argument("--steps", type=int, default=500)
-    ap.add_argument("--requests", type=int, default=60, help="sequential slider-drag requests (a)")
+    ap.add_argument("--requests", type=int, default=40, help="sequential slider-drag requests (a)")
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--per-client", type=int, default=20)
-    ap.add_argument("--concurrency", type=int, default=None, help="server's --concurrency (default: the server's, 1)")
+    ap.add_argument("--small", type=int, default=20, help="small requests measured in (c) and (d)")
     ap.add_argument("--quick", action="store_true", help="(a) 20 requests, (b) 50 clients x 2 requests")
     a = ap.parse_args()
     if a.quick:
-        a.requests, a.per_client = 20, 2
-
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    print(
-        f"ravine serve on {base} ({os.cpu_count()} CPU cores); request: {len(OPTIMIZERS)} optimizers x "
-        f"{a.steps} steps on rosenbrock"
-    )
-    proc = start_server(port, a.concurrency)
-    try:
-        report_drag(
-            "(a) slider drag as on the page (one optimizer changes)", slider_drag(base, a.requests, a.steps, False)
-        )
-        report_drag("(a') slider drag, every run distinct (full compute)", slider_drag(base, a.requests, a.steps, True))
-
-        b = asyncio.run(many_clients(base, a.clients, a.per_client, a.steps))
-        total = a.clients * a.per_client
-        ok = sum(b["done"])
-        starved = [k for k, d in enumerate(b["done"]) if d < a.per_client]
-        print(f"\n(b) {a.clients} concurrent clients x {a.per_client} requests (all distinct), {b['wall']:.1f} s wall")
-        print(f"    completed {ok}/{total}, errors {len(b['errors'])}, starved clients {len(starved)}")
-        for e in b["errors"][:5]:
-            print(f"      {e}")
-        print(f"    throughput {ok / b['wall']:7.2f} req/s")
-        print(
-            f"    latency  p50 {pct(b['lat'], 50):7.1f} ms   p95 {pct(b['lat'], 95):7.1f} ms   "
-            f"max {max(b['lat']):7.1f} ms"
-        )
-        print(f"    compute  p50 {pct(b['comp'], 50):7.1f} ms   (per request, server side)")
-        fin = [f for f in b["finish"] if f > 0]
-        print(
-            f"    clients finished between {min(fin):.1f} s and {max(fin):.1f} s "
-            f"(median {statistics.median(fin):.1f} s)"
-        )
-        return 1 if (b["errors"] or starved) else 0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        a.requests, a.per_client, a.small = 20, 2, 10
+    results = [measure(w, a) for w in (a.workers or [None])]
+    if len(results) > 1:
+        first = results[0]
+        print("\nsame run, relative to the first configuration:")
+        for r in results[1:]:
+            print(f"    {r['label']}: throughput x{r['rps'] / first['rps']:.2f}, p95 x{r['p95'] / first['p95']:.2f}")
+    return 1 if any(r["errors"] for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -506,30 +506,26 @@ def _chain(transform: ro.Transform, clip: _Clip | None, multiplier: _Multiplier 
 
 
 class _Stepper:
-    """Every batch's chain with its state; a call moves every row one step: ``xy + u``."""
+    """Every batch's chain with its state; a call moves every row one step: ``xy + u``.
+
+    The rows live in one ``(R, 2)`` tensor ``xy`` and each batch's parameters are a view of its rows, moved in
+    place (``xy[rows] += u``, what ``ravine.optim.apply_updates`` computes): one step is each chain's update and
+    one addition per batch, with no tensor assembled from the parts.
+    """
 
     def __init__(self, setup: _Setup, xy0: torch.Tensor):
         self.sizes = [b.rows for b in setup.batches]
         self.chains = [_chain(b.transform, setup.clip, setup.multiplier) for b in setup.batches]
-        self.xys = [part.clone() for part in torch.split(xy0, self.sizes)]
+        self.xy = xy0.clone()
+        self.xys = list(self.xy.split_with_sizes(self.sizes)) if len(self.sizes) > 1 else [self.xy]
         self.states = [chain.init([xy]) for chain, xy in zip(self.chains, self.xys)]
 
-    @property
-    def xy(self) -> torch.Tensor:
-        return self.xys[0] if len(self.xys) == 1 else torch.cat(self.xys)
-
     def __call__(self, g: torch.Tensor) -> torch.Tensor:
-        gs = [g] if len(self.sizes) == 1 else torch.split(g, self.sizes)
-        moved = []
-        for i, (chain, gi) in enumerate(zip(self.chains, gs)):
-            (u,), self.states[i] = chain.update([gi], self.states[i], [self.xys[i]])
-            moved.append(self.xys[i] + u)
-        if len(moved) == 1:
-            self.xys = moved
-            return moved[0]
-        xy = torch.cat(moved)
-        self.xys = list(torch.split(xy, self.sizes))
-        return xy
+        gs = g.split_with_sizes(self.sizes) if len(self.sizes) > 1 else (g,)
+        for i, (chain, gi, xy) in enumerate(zip(self.chains, gs, self.xys)):
+            (u,), self.states[i] = chain.update([gi], self.states[i], [xy])
+            xy.add_(u)
+        return self.xy
 
 
 class _Record:

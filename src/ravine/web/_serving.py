@@ -11,7 +11,9 @@ cache and the Host check.
 Each lane has its own executor and its own FIFO queue (an ``asyncio.Semaphore`` of the lane's size, so every
 job handed to an executor starts at once). A small request therefore never waits for a big one: while a
 maximal request computes in the big lane, the small lane keeps serving. Waiting requests are served in
-arrival order, so none is starved.
+arrival order, so none is starved. Where the two lanes compete for the CPU, the small one goes first: the big
+lane's processes run at a lower priority (niceness :data:`BIG_NICE`), and in thread mode a big job pauses at
+each stop check while small jobs compute (at most :data:`BIG_YIELD_S` each time, so it still progresses).
 
 **Where the work runs.** ``workers=0``: threads of the server process (one for the small lane, ``big_limit``
 for the big one); the work holds the GIL, so the two lanes share one core, but neither blocks the other.
@@ -33,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import multiprocessing
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -127,15 +130,23 @@ class LRUCache(Generic[_V]):
 #: must be picklable (a module-level function, or a ``functools.partial`` of one).
 WorkFn = Callable[[str, Callable[[], bool], Any], bytes]
 
+#: The niceness added to the big lane's worker processes: the OS runs small jobs first when cores are short.
+BIG_NICE = 10
+#: In thread mode a big job pauses at each stop check while small jobs compute, for at most this long (so big
+#: jobs still progress under a stream of small ones).
+BIG_YIELD_S = 0.05
+
 # State of a worker process (set by _init_worker): the shared stop flags and the process's run cache.
 _FLAGS: Any = None
 _RUN_CACHE: LRUCache | None = None
 
 
-def _init_worker(flags: Any, run_cache_bytes: int, torch_threads: int | None) -> None:
+def _init_worker(flags: Any, run_cache_bytes: int, torch_threads: int | None, nice: int) -> None:
     global _FLAGS, _RUN_CACHE
     import torch
 
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
     if torch_threads is not None:
         torch.set_num_threads(max(1, int(torch_threads)))
     _FLAGS = flags
@@ -215,6 +226,18 @@ class Lanes:
         spawn = multiprocessing.get_context("spawn")
         self._flags = spawn.Array("b", slots, lock=False) if self.mode == "processes" else None
         self._free_slots = list(range(slots))
+        self._small_idle = threading.Event()
+        self._small_idle.set()
+
+    def _yielding(self, event: threading.Event) -> Callable[[], bool]:
+        """A big job's ``should_stop`` in thread mode: it also pauses the job while small jobs compute (for at
+        most :data:`BIG_YIELD_S` per check), so they need not share the GIL with it."""
+
+        def should_stop() -> bool:
+            self._small_idle.wait(BIG_YIELD_S)
+            return event.is_set()
+
+        return should_stop
 
     def executor(self, lane: str) -> Executor:
         """The executor of ``lane`` (created on first use)."""
@@ -229,7 +252,9 @@ class Lanes:
                         max_workers=n,
                         mp_context=multiprocessing.get_context("spawn"),
                         initializer=_init_worker,
-                        initargs=(self._flags, self._run_cache_bytes, self._torch_threads),
+                        initargs=(
+                            self._flags, self._run_cache_bytes, self._torch_threads, BIG_NICE if lane == "big" else 0
+                        ),
                     )
                 self._executors[lane] = ex
             return ex
@@ -309,10 +334,13 @@ class Lanes:
     ) -> bytes:
         loop = asyncio.get_running_loop()
         stats.running += 1
+        if lane == "small":
+            self._small_idle.clear()
         if self.mode == "threads":
             event = threading.Event()
             stop, slot = event.set, None
-            future = loop.run_in_executor(self.executor(lane), fn, payload, event.is_set, self._run_cache)
+            should_stop = event.is_set if lane == "small" else self._yielding(event)
+            future = loop.run_in_executor(self.executor(lane), fn, payload, should_stop, self._run_cache)
         else:
             assert self._flags is not None
             slot = self._free_slots.pop()
@@ -342,6 +370,8 @@ class Lanes:
             return body
         finally:
             stats.running -= 1
+            if lane == "small" and stats.running == 0:
+                self._small_idle.set()
             if slot is not None:
                 self._free_slots.append(slot)
 
