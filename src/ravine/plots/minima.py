@@ -78,7 +78,7 @@ def plot_connectivity(
         ``path``.
     """
     t = np.asarray(t, dtype=float)
-    fig, axes = plt.subplots(1, 3, figsize=(14.0, 3.9), gridspec_kw={"width_ratios": [1.5, 1, 1]})
+    fig, axes = plt.subplots(1, 3, figsize=(12.5, 3.8), gridspec_kw={"width_ratios": [1.5, 1, 1]})
     ax = axes[0]
     for i, name in enumerate(lines):
         lab_l, lab_c = ("straight line", "fitted Bezier curve") if i == 0 else ("_", "_")
@@ -92,7 +92,7 @@ def plot_connectivity(
     ax.set_xlabel("t  (0 = one solution, 1 = the other)")
     ax.set_ylabel("training loss (nats)")
     ax.set_title(f"training loss along {len(lines)} paths between solutions", fontsize=10)
-    ax.legend(fontsize=8, loc="center right", framealpha=0.85)
+    ax.legend(fontsize=8, loc="lower center", framealpha=0.85)
     ax.grid(True, alpha=0.3)
 
     x = np.asarray(seeds, dtype=float)
@@ -152,7 +152,7 @@ def plot_slices(
         ``path``.
     """
     n = len(planes)
-    fig, axes = plt.subplots(1, 1 + n, figsize=(4.6 * (1 + n), 4.1))
+    fig, axes = plt.subplots(1, 1 + n, figsize=(4.0 * (1 + n), 3.7))
     fig.subplots_adjust(wspace=0.32)
     ax = axes[0]
     lx = np.asarray(line_x, dtype=float)
@@ -242,7 +242,7 @@ def plot_measures(
     Returns:
         ``path``.
     """
-    fig, axes = plt.subplots(2, 3, figsize=(13.5, 7.4))
+    fig, axes = plt.subplots(2, 3, figsize=(11.5, 6.9))
     specs = [
         ("lambda_max", "top Hessian eigenvalue", "lambda_max"),
         ("trace", "Hessian trace (Hutch++)", "tr(H)"),
@@ -308,7 +308,7 @@ def plot_reparametrization(
     Returns:
         ``path``.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.9))
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.7))
     ax = axes[0]
     labels = [f"a = {a:g}" + (" (original)" if a == 1 else "") for a in alphas]
     ax.bar(range(len(alphas)), lambda_max, color=[color(i) for i in range(len(alphas))])
