@@ -163,6 +163,8 @@ class _InputLayerShortcut:
         self.cache: dict[tuple, Tensor] = {}
         self.cached = 0
         self.coeffs: Tensor | None = None
+        self.scalars: list[float] | None = None  # the coefficients as numbers, in the per-point loop
+        self.rows: dict[tuple, tuple[tuple[float, ...], Tensor]] = {}  # per call: Z0 + c_2 P2, its c_2
         self.key: tuple = ()
         self.calls: dict[str, int] = {}
         self.used: set[str] = set()
@@ -189,26 +191,32 @@ class _InputLayerShortcut:
         is_linear = isinstance(m, nn.Linear)
 
         def forward(x: Tensor) -> Tensor:
-            if self.coeffs is None or not isinstance(x, Tensor):
+            if self.coeffs is None and self.scalars is None or not isinstance(x, Tensor):
                 return original(x)
             if eligible:
                 count = self.calls.get(name, 0)
                 self.calls[name] = count + 1
                 if self.allowed is None and not _is_batched(x) or self.allowed and (name, count) in self.allowed:
-                    return self._identity(name, count, m, x)
+                    out = self._identity(name, count, m, x)
+                    if out is not None:
+                        return out
             if is_linear and x.dim() == 2 and m.bias is not None:
                 return torch.addmm(m.bias, x, m.weight.t())
             return original(x)
 
         return forward
 
-    def _identity(self, name: str, count: int, m: nn.Module, x: Tensor) -> Tensor:
+    def _identity(self, name: str, count: int, m: nn.Module, x: Tensor) -> Tensor | None:
+        """``Z0 + sum_k c_k P_k`` for this call, or ``None`` (per-point loop, products not cacheable:
+        three products per point would cost more than the layer itself)."""
         key = (*self.key, name, count)
         stacked = self.cache.get(key)
         if stacked is None:
             prefix = f"{name}." if name else ""
             wn, bn = f"{prefix}weight", f"{prefix}bias"
             has_b = m.bias is not None
+            if self.scalars is not None and not self.cacheable:
+                return None
             stacked = torch.stack(
                 [self._apply(m, x, v[wn], v[bn] if has_b else None) for v in (self.centre, *self.dirs)]
             )
@@ -216,16 +224,42 @@ class _InputLayerShortcut:
             if self.cacheable and self.cached + size <= self.cache_bytes:
                 self.cache[key] = stacked
                 self.cached += size
+            elif self.scalars is not None:
+                return None
         self.used.add(name)
         self.used_calls.add((name, count))
-        coef = torch.cat([self.coeffs.new_ones(1), self.coeffs])
-        return (coef @ stacked.reshape(stacked.shape[0], -1)).reshape(stacked.shape[1:])
+        if self.scalars is None:
+            coef = torch.cat([self.coeffs.new_ones(1), self.coeffs])
+            return (coef @ stacked.reshape(stacked.shape[0], -1)).reshape(stacked.shape[1:])
+        # One point (the per-point loop): (Z0 + c_2 P2 + ...) + c_1 P1, where the bracket is computed
+        # once per row of the grid (kept while c_2.. stay the same), so each point costs one scaled
+        # addition, whose output stays in cache for the next layer (a 1-row matrix product would
+        # stream it out to memory).
+        a, tail = self.scalars[0], tuple(self.scalars[1:])
+        base = stacked[0]
+        if tail:
+            held = self.rows.get(key)
+            if held is None or held[0] != tail:
+                base = stacked[0].clone()
+                for k, c in enumerate(tail):
+                    base.add_(stacked[k + 2], alpha=c)
+                self.rows[key] = (tail, base)
+            else:
+                base = held[1]
+        return torch.add(base, stacked[1], alpha=a)
 
 
 # On a CPU, a batched pass is fastest when its activations stay in cache: passes are sized to this
 # many bytes (stacked parameters plus activations), splitting the data into micro-batches, unless
 # max_memory_mb is smaller. On other devices a pass fills max_memory_mb.
 _CPU_PASS_BYTES = 16 * 2**20
+
+
+def _moved(w: Tensor, moves: list[tuple[int, Tensor]], row: list[float]) -> Tensor:
+    """``w + sum_k row[k] d_k`` over ``moves = [(k, d_k)]`` (``w`` itself when there is none)."""
+    for j, (k, d) in enumerate(moves):
+        w = torch.add(w, d, alpha=row[k]) if j == 0 else w.add_(d, alpha=row[k])
+    return w
 
 
 class _Evaluator:
@@ -255,6 +289,7 @@ class _Evaluator:
         self.path = "vmap" if vectorize else "loop"
         self.vectorize_probe = not vectorize  # a per-point loop by choice may still use the identity
         self.loop_layers: set[tuple[str, int]] | None = None
+        self.loop_terms: list[tuple[str, Tensor, list[tuple[int, Tensor]]]] | None = None
         layers = _patchable(model, centre, shortcut)
         self.shortcut = _InputLayerShortcut(layers, centre, dirs, cacheable, self.budget // 4)
         self.param_bytes = sum(p.numel() * p.element_size() for p in centre.values())
@@ -348,28 +383,58 @@ class _Evaluator:
         used, sc.used, sc.used_calls = set(sc.used_calls), set(), set()
         return used
 
+    def _terms(self) -> list[tuple[str, Tensor, list[tuple[int, Tensor]]]]:
+        """Per parameter: its name, its centre and the directions that move it (``(k, d_k)``, nonzero)."""
+        if self.loop_terms is None:
+            self.loop_terms = [
+                (n, w, [(k, d[n]) for k, d in enumerate(self.dirs) if bool(d[n].any())]) for n, w in self.centre.items()
+            ]
+        return self.loop_terms
+
     def _loop(self, coeffs: Tensor, n_total: int) -> tuple[Tensor, Tensor]:
         """One ``functional_call`` per point; the input-layer identity only for the layers the probe
-        found (when batching works but was not asked for)."""
+        found (when batching works but was not asked for).
+
+        A point's parameters are ``(w0 + c_2 d_2) + c_1 d_1``, the bracket built once per row of the
+        grid, by scaled additions (``torch.add`` with ``alpha``) that skip the directions that are zero
+        for a tensor (biases of filter-normalized directions); the per-point values are gathered and
+        summed once at the end.
+        """
         if self.loop_layers is None:
             self.loop_layers = self._probe() if self.vectorize_probe else set()
         sc = self.shortcut
         sc.allowed = set(self.loop_layers)
-        loss_sum = coeffs.new_zeros(coeffs.shape[0], dtype=torch.float64)
-        met_sum = torch.zeros_like(loss_sum)
-        dtype = next(iter(self.centre.values())).dtype
+        terms = self._terms()
+        rows = coeffs.tolist()
+        losses: list[Tensor] = []
+        mets: list[Tensor] = []
+        sizes: list[int] = []
         try:
             with sc:
-                for r, row in enumerate(coeffs):
-                    p = {n: t[0] for n, t in self._stack(row.unsqueeze(0)).items()}
+                tail: tuple[float, ...] | None = None
+                bases: list[Tensor] = []
+                for row in rows:
+                    if tuple(row[1:]) != tail:  # a new row of the grid: w0 + c_2 d_2 + ...
+                        tail = tuple(row[1:])
+                        bases = [_moved(w, [(k, d) for k, d in moves if k > 0], row) for _, w, moves in terms]
+                    p = {
+                        n: torch.add(base, moves[0][1], alpha=row[0]) if moves and moves[0][0] == 0 else base
+                        for (n, _, moves), base in zip(terms, bases)
+                    }
+                    sizes.clear()
                     for bi, (x, y) in enumerate(self.batches()):
-                        sc.coeffs, sc.calls, sc.key = row.to(dtype), {}, (bi, 0, len(x))
+                        sc.scalars, sc.calls, sc.key = row, {}, (bi, 0, len(x))
                         try:
                             loss, met = self._values(functional_call(self.model, (p, self.buffers), (x,)), y)
                         finally:
-                            sc.coeffs = None
-                        loss_sum[r] += loss.double() * len(y)
-                        met_sum[r] += met.double() * len(y)
+                            sc.scalars = None
+                        losses.append(loss)
+                        mets.append(met)
+                        sizes.append(len(y))
         finally:
             sc.allowed = None
+        weights = torch.tensor(sizes, dtype=torch.float64, device=coeffs.device)
+        shape = (len(rows), len(sizes))
+        loss_sum = torch.stack(losses).double().reshape(shape) @ weights
+        met_sum = torch.stack(mets).double().reshape(shape) @ weights
         return loss_sum / n_total, met_sum / n_total
