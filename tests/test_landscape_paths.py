@@ -205,3 +205,26 @@ def test_fit_bezier_rejects_bad_arguments():
         fit_bezier(model, double_well, DATA, a, {"v": torch.zeros(1)})
     with pytest.raises(TypeError, match="sets 'span' itself"):
         interpolate(model, double_well, DATA, a, b, span=(0, 2))
+
+
+def test_one_fit_step_is_sgd_on_the_chain_rule_gradient():
+    # one step without momentum: theta1 = theta0 - lr * 2 t (1 - t) grad_w L(phi(t)), with t the first
+    # draw of the seeded generator and grad_w from plain autograd on a module holding phi(t)
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(30, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (30,), generator=g)
+    ma, mb, model = _mlp(0), _mlp(1), _mlp(2)
+    loss = nn.CrossEntropyLoss()
+    lr = 0.1
+    curve = fit_bezier(model, loss, (x, y), ma, mb, steps=1, lr=lr, momentum=0.0, batch_size=None, seed=7)
+    t = float(torch.rand((), generator=torch.Generator().manual_seed(7), dtype=torch.float64))
+    sa, sb = dict(ma.named_parameters()), dict(mb.named_parameters())
+    at_t = _mlp(3)
+    with torch.no_grad():
+        for n, p in at_t.named_parameters():
+            theta0 = 0.5 * (sa[n] + sb[n])
+            p.copy_((1 - t) ** 2 * sa[n] + 2 * t * (1 - t) * theta0 + t**2 * sb[n])
+    loss(at_t(x), y).backward()
+    for n, p in at_t.named_parameters():
+        expected = 0.5 * (sa[n] + sb[n]).detach() - lr * 2 * t * (1 - t) * p.grad
+        torch.testing.assert_close(curve.theta[n], expected, rtol=1e-10, atol=1e-12)
+    assert curve.history[0] == pytest.approx(float(loss(at_t(x), y)), rel=1e-12)
