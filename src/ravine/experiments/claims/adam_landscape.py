@@ -34,7 +34,7 @@ from ravine.experiments.claims._stats import num
 
 NAME = "adam-landscape"
 TITLE = "Adam's preconditioning reshapes the landscape"
-SECTION = "Adam and the Loss Landscape"
+SECTION = "What Adam Does to the Loss Landscape"
 CLAIM = (
     "Adam divides each coordinate's step by the root mean square of its recent gradients. In a narrow valley "
     "that is steep across and shallow along, this shrinks the steps across and enlarges the steps along: Adam "

@@ -41,7 +41,7 @@ from ravine.optim.base import Transform, transform
 
 NAME = "saddles"
 TITLE = "Saddle points, not local minima, slow training down"
-SECTION = "Saddle Points"
+SECTION = "Saddle Points: The Real Problem"
 CLAIM = (
     "In high dimensions most critical points with high loss are saddle points, not local minima: for a point "
     "to be a local minimum the curvature must be positive in every one of millions of directions, which is "

@@ -39,11 +39,10 @@ from ravine.experiments.claims._stats import num, ratio
 
 NAME = "sgd-noise"
 TITLE = "SGD's noise escapes sharp minima and saddle points"
-SECTION = "Sharp vs. Flat Minima"
+SECTION = "Stochastic Gradient Descent (SGD)"
 CLAIM = (
-    "The noise in stochastic gradient descent is not only a nuisance: it helps the optimizer escape sharp "
-    "minima and saddle points. A sharp minimum is a narrow basin that a noisy step easily leaves; a flat "
-    "one is wide enough to hold the optimizer, so SGD tends to settle in flat regions that generalize better."
+    "SGD's noise is not a bug. It is a feature. Stochastic gradient noise helps escape sharp local minima and "
+    "saddle points."
 )
 
 LR_2D = 0.01  # the sharp_flat surface's suggested gradient-descent rate (lr * 44 = 0.44: stable in both basins)
