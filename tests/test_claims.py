@@ -277,6 +277,8 @@ def test_registry_names_and_errors():
         "finetune",
         "warmup",
         "clipping",
+        "local-minima",
+        "sharp-flat",
     ]
     for exp in claims.all_experiments():
         assert exp.claim and exp.title and callable(exp.execute) and callable(exp.verdict)
