@@ -6,5 +6,6 @@ claim depends on, with the spread over seeds), ``depth`` (the same for the warmu
 claims: depth, learning rate, weight decay), ``escape`` (the landscape claims: where noisy and noiseless
 runs end on a 2D surface, plateaus, curvature and condition numbers along training). All of them save through
 :func:`ravine.plots._style.save`, which writes to a temporary name and renames, so a figure on
-disk is never half-written.
+disk is never half-written. ``stability`` draws the Edge-of-Stability figure: a run's sharpness
+against its optimizer's stability threshold, and its loss.
 """

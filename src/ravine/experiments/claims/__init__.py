@@ -29,6 +29,8 @@ name               claim
                    along training; steps to escape with and without noise
 ``adam-landscape`` condition number of H and of Adam's P^-1 H along training: the 2D valley (exact)
                    and an MLP (top-10 eigenvalues of the dense Hessian); Adam's vs GD's path
+``edge-of-stability``  full-batch GD at several lrs, heavy ball and Adam on digits (MSE): sharpness rises
+                   to 2/lr (2(1+beta)/lr; Adam's preconditioned sharpness to 38/lr) and hovers there
 =================  ====================================================================================
 """
 
@@ -82,6 +84,7 @@ _MODULES = {
     "sgd-noise": "sgd_noise",
     "saddles": "saddles",
     "adam-landscape": "adam_landscape",
+    "edge-of-stability": "edge_of_stability",
 }
 
 
