@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -160,7 +161,8 @@ def test_gradient_noise_adds_torch_normals_seeded_by_step():
 
 def test_noisy_sgd_trains_through_the_torch_adapter():
     p = torch.nn.Parameter(torch.zeros(1000))
-    opt = ro.Optimizer([p], sd._noisy_sgd(0.1, 0.2, seed=0)(None))
+    factory = pickle.loads(pickle.dumps(sd._noisy_sgd(0.1, 0.2, seed=0)))  # process pools pickle it
+    opt = ro.Optimizer([p], factory(None))
     p.grad = torch.ones(1000)
     opt.step()
     step = p.detach() + 0.1 * 1.0  # remove the gradient part of -lr (g + noise)

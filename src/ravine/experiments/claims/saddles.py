@@ -28,7 +28,9 @@ as ``steps + 1``. The verdict uses the injected noise; the mini-batch arm is rep
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -92,13 +94,16 @@ def gradient_noise(std: float = 0.0, seed: int = 0) -> Transform:
     return Transform(init, update)
 
 
-def _noisy_sgd(lr: float, std: float, seed: int) -> Any:
+def _noisy_sgd_transform(lr: float, std: float, seed: int, model: Any) -> Transform:
     import ravine.optim as ro
 
-    def factory(model: Any) -> Any:
-        return ro.chain(gradient_noise(std, seed), ro.sgd(lr=lr))
+    return ro.chain(gradient_noise(std, seed), ro.sgd(lr=lr))
 
-    return factory
+
+def _noisy_sgd(lr: float, std: float, seed: int) -> Callable[[Any], Transform]:
+    """The harness's ``optimizer_factory`` for SGD with injected gradient noise (a picklable partial, so
+    a process pool or a Ray cluster can train the run too)."""
+    return functools.partial(_noisy_sgd_transform, lr, std, seed)
 
 
 def plan(size: str) -> list[Planned]:
