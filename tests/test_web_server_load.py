@@ -297,3 +297,22 @@ def test_serve_with_two_worker_processes_serves_and_stops_left_work():
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_serve_options_are_checked_and_reach_the_app(monkeypatch):
+    from ravine._cli import serve as serve_cli
+    from ravine.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--workers", "0", "--cache-mb", "1.5", "--allowed-host", "a.example"])
+    assert (args.workers, args.big_concurrency, args.cache_mb, args.allowed_host) == (0, 1, 1.5, ["a.example"])
+    for bad in (["--workers", "-1"], ["--workers", "two"], ["--cache-mb", "-3"], ["--big-concurrency", "0"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", *bad])
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    assert serve_cli.run(args) == 0
+    app = seen["app"]
+    assert app.state.lanes.mode == "threads" and app.state.cache.max_bytes == int(1.5 * 2**20)
+    with TestClient(app, base_url="http://a.example:8000") as c:
+        assert c.get("/api/limits").status_code == 200
+        assert c.get("/api/limits", headers={"host": "b.example"}).status_code == 400
