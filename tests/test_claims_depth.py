@@ -132,6 +132,10 @@ def test_summarize_finds_failures_rescues_and_gains():
     assert out["warmup_rescues"] == [{"depth": 4, "lr": 1e-2, "b2": 0.98}]
     assert out["cells"]["L4-post-no-warmup"]["failure_rate"] == 1.0
     assert out["cells"]["L4-post-no-warmup"]["divergence_rate"] == 0.5
+    assert out["post_fails_with_warmup"] == [] and out["diverged_runs"] == 1
+    runs["post-2-1-0"] = _run("post", 2, True, 1e-2, 3.2, 0)
+    runs["post-2-1-1"] = _run("post", 2, True, 1e-2, 3.2, 1)
+    assert wu.summarize(runs, cap=4.6)["post_fails_with_warmup"] == [{"depth": 2, "lr": 1e-2, "b2": 0.98}]
 
 
 def _wstatus(measured):
@@ -161,6 +165,8 @@ def test_warmup_verdict_both_sides_of_each_threshold_and_its_scale():
     assert _wstatus({**good, "adam_v_early_over_late": 2.1}) == "inconclusive"
     none = wu.verdict({**good, "warmup_gain_post_by_depth": {"2": 0.0, "4": 0.0}, "warmup_rescues": []})
     assert "at no measured depth" in none.scale and "no rescue seen" in none.scale
+    hurt = wu.verdict({**good, "warmup_gain_post_by_depth": {"2": 0.0, "4": -0.5}, "post_fails_with_warmup": [{}]})
+    assert "warmup hurt Post-LN at depth 4 (with warmup it failed in 1 settings)" in hurt.scale
 
 
 # ------------------------------------------------------------------------ weight-decay conventions

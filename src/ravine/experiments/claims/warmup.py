@@ -295,14 +295,16 @@ def summarize(per_run: dict[str, dict[str, Any]], cap: float) -> dict[str, Any]:
                 cells[f"L{depth}-{norm}-no-warmup"]["mean_final_loss"]
                 - cells[f"L{depth}-{norm}-warmup"]["mean_final_loss"]
             )
-    fails, rescues = [], []
+    fails, rescues, warm_fails = [], [], []
     for depth in depths:
         for b2 in b2s:
             for lr in lrs:
                 no = sel(depth=depth, norm="post", warmup=False, lr=lr, b2=b2)
                 yes = sel(depth=depth, norm="post", warmup=True, lr=lr, b2=b2)
+                where = {"depth": depth, "lr": lr, "b2": b2}
+                if yes and np.mean([v["failed"] for v in yes]) >= 0.5:
+                    warm_fails.append(where)
                 if no and np.mean([v["failed"] for v in no]) >= 0.5:
-                    where = {"depth": depth, "lr": lr, "b2": b2}
                     fails.append(where)
                     if yes and not any(v["failed"] for v in yes):
                         rescues.append(where)
@@ -312,7 +314,9 @@ def summarize(per_run: dict[str, dict[str, Any]], cap: float) -> dict[str, Any]:
         "warmup_gain_post_by_depth": gains["post"],
         "warmup_gain_pre_by_depth": gains["pre"],
         "post_fails_without_warmup": fails,
+        "post_fails_with_warmup": warm_fails,
         "warmup_rescues": rescues,
+        "diverged_runs": int(sum(v["diverged"] for v in per_run.values())),
     }
 
 
@@ -409,6 +413,11 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
         "grad_ratio_post_over_pre": xiong,
         "output_change_post_over_pre": liu,
         "output_change_post_growth": liu_growth,
+        # Xiong et al.: Post-LN's gradient grows towards the output (last/first block > 2) while Pre-LN's
+        # stays even (at least 2x less skewed); Liu et al.: Post-LN's first update moves its output more than
+        # Pre-LN's (> 1.5x) and more so with depth (growth > 1)
+        "xiong_pattern_seen": bool(mech["post"][str(deep)]["grad_last_over_first"] > 2 and xiong > 2),
+        "liu_pattern_seen": bool(liu > 1.5 and (liu_growth > 1 or len(depths) == 1)),
         "adam_v_probe": vprobe,
         "adam_v_early_over_late": vprobe["early_over_late"],
     }
@@ -494,7 +503,7 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
                 "Adam's adaptive step size in the first steps",
                 "step t",
                 "median per-step change of log(lr/sqrt(v_hat))",
-                [Series(f"Post-LN, {deep} layers, no warmup", t, vprobe["median_step_size_change"], color=3)],
+                [Series(f"Post-LN, {deep} layers, no warmup", t[1:], vprobe["median_step_size_change"][1:], color=3)],
                 logy=True,
                 logx=True,
                 note=f"first 10% / second half = {vprobe['early_over_late']:.1f}",
@@ -508,13 +517,16 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
 
     fails = summary["post_fails_without_warmup"]
     rescues = summary["warmup_rescues"]
+    warm_fails = summary["post_fails_with_warmup"]
     mp, mq = mech["post"][str(deep)], mech["pre"][str(deep)]
     reading = (
         f"Warmup gain (mean final test loss without minus with warmup, nats): Post-LN {gains(g_post)}; "
         f"Pre-LN {gains(g_pre)} (unigram loss {uni:.3f}). Post-LN failed without warmup in "
         f"{len(fails)} of {len(depths) * len(lrs) * len(b2s)} settings (depth, lr, b2)"
         + (": " + "; ".join(f"{f['depth']} layers at lr {f['lr']:g}, b2 {f['b2']:g}" for f in fails) if fails else "")
-        + f"; warmup rescued {len(rescues)} of them. "
+        + f"; warmup rescued {len(rescues)} of them, and Post-LN failed *with* warmup in {len(warm_fails)} settings. "
+        f"{summary['diverged_runs']} of {len(per_run)} runs diverged: a failure here is a run left at the unigram "
+        "plateau, not a blow-up. "
         f"At initialization ({deep} layers) the last block's gradient is {mp['grad_last_over_first']:.2f}x the "
         f"first's in Post-LN and {mq['grad_last_over_first']:.2f}x in Pre-LN (Xiong et al.), but Adam's first "
         f"update is even across blocks (largest/smallest per-coordinate size {mp['update_rms_spread']:.2f} in "
@@ -522,9 +534,21 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
         f"{mq['output_change']:.3g} in Pre-LN, {liu:.1f}x (Liu et al.), and Post-LN's change grows "
         f"{liu_growth:.2f}x from {min(depths)} to {deep} layers. In the first {max(1, vprobe['steps'] // 10)} "
         f"steps each parameter's Adam step size lr/sqrt(v_hat) changes {vprobe['early_over_late']:.1f}x more from "
-        f"one step to the next than in the second half of a {vprobe['steps']}-step probe."
+        f"one step to the next than in the second half of a {vprobe['steps']}-step probe. " + _explanations(measured)
     )
     return measured, figs, [r.id for r in runs.values()], reading
+
+
+def _explanations(measured: dict[str, Any]) -> str:
+    """One sentence: which explanation of the Post-LN failure the init probes support (see the module docstring)."""
+    xiong, liu = measured["xiong_pattern_seen"], measured["liu_pattern_seen"]
+    parts = [
+        "Xiong et al.'s pattern (gradients growing towards the output in Post-LN) is "
+        + ("seen" if xiong else "not seen with this (GPT-2 style) initialization"),
+        "Liu et al.'s (Post-LN's first update moving the output more than Pre-LN's, increasingly with depth) is "
+        + ("seen" if liu else "not seen"),
+    ]
+    return "; ".join(parts) + "."
 
 
 def _scale(measured: dict[str, Any]) -> str:
@@ -557,6 +581,13 @@ def _scale(measured: dict[str, Any]) -> str:
         if rescues
         else f"; no rescue seen (Post-LN failed without warmup in {len(fails)} settings)"
     )
+    hurt = [d for d in depths if num(by_post[str(d)]) < -(GAIN_MIN + GAIN_MARGIN)]
+    if hurt:
+        warm_fails = measured.get("post_fails_with_warmup") or []
+        res += (
+            f"; warmup hurt Post-LN at depth {', '.join(map(str, hurt))} (with warmup it failed in "
+            f"{len(warm_fails)} settings)"
+        )
     return f"{head} ({where}; Post-LN warmup gain {gains} nats){res}"
 
 
