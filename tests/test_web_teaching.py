@@ -80,6 +80,10 @@ def test_the_presets_show_what_their_captions_say():
     assert any("stalled at a saddle" in s for s in saddle)
     noisy, out = _seeing(by_id["saddle_noise"]["request"])
     assert out["runs"][0]["end"] != "saddle" and any("negative curvature" in s for s in noisy)
+    zigzag, out = _seeing(by_id["zigzag"]["request"])
+    gd, momentum = out["runs"]
+    assert gd["steps_to_tol"] is None and momentum["steps_to_tol"] is not None  # momentum gets there first
+    assert f"{momentum['label']} at step {momentum['steps_to_tol']}; {gd['label']} not in 150 steps" in zigzag[-1]
     sharp, _ = _seeing(by_id["sharp_flat"]["request"])
     assert any("sharp minimum" in s and "flat one" in s and "cannot stay there" in s for s in sharp)
 

@@ -31,12 +31,14 @@ PAGE_STYLE: dict[str, Any] = {
     "start": "#111111",
 }
 #: Contour levels of the page: this many bands from the grid's :data:`FLOOR_QUANTILE` quantile of
-#: ``log10(f - min f + eps)`` up (a band closer to the minimum is thinner than the grid and draws as
-#: a broken line).
+#: ``log10(f - min f + eps)`` up.
 LEVELS = 28
+#: The quantile of the grid where the lowest band starts (a band closer to the minimum is thinner than
+#: the grid and draws as a broken line).
 FLOOR_QUANTILE = 0.02
-#: The exported figure: inches and dots per inch (1800 x 1100 pixels).
+#: The exported figure's size in inches (1800 x 1100 pixels at :data:`DPI`).
 FIGSIZE = (12.0, 22.0 / 3.0)
+#: Dots per inch of the exported figure.
 DPI = 150
 
 

@@ -36,7 +36,8 @@ from ravine.web import models
 # Presets.
 
 #: The cliff of the clipping presets: a gentle bowl around (1, 0) with a drop of 4 over a band about
-#: 0.25 wide at x = -0.5; on the drop |grad f| reaches about 16, a hundred times the bowl's slope.
+#: 0.25 wide at x = -0.5; on the drop the slope reaches 2 * 8 = 16, against 0.2 * 1.5 = 0.3 for the bowl
+#: there.
 CLIFF = "0.1*((x - 1)**2 + y**2) + 2*(1 - tanh(8*(x + 0.5)))"
 #: The saddle of the saddle presets: a double well (x^2 - 1)^2 + y^2, minima at (+-1, 0) and a saddle at
 #: the origin (Hessian diag(-4, 2)); from (0, 1.5) the gradient has no x component, so plain gradient
@@ -76,21 +77,22 @@ PRESETS: tuple[Preset, ...] = (
             "Vanilla gradient descent on a convex bowl. Each step moves toward the minimum along the "
             "steepest-descent direction.",
         ),
-        {"surface": {"name": "bowl"}, "steps": 60, "optimizers": [_gd(0.1)]},
+        {"surface": {"name": "bowl"}, "steps": 80, "optimizers": [_gd(0.1)]},
     ),
     Preset(
         "zigzag",
         "Zig-zag vs momentum",
         "Momentum",
         (
-            "The narrow valley (condition number 25): gradient descent near its limit lr = 2/λmax overshoots "
-            "across the valley every step while it crawls along the floor.",
-            "Momentum (β = 0.9) averages the alternating gradients away and builds up speed along the floor.",
+            "The narrow valley (condition number 100): gradient descent near its limit lr = 2/λmax flips across "
+            "the valley every step and crawls along the floor.",
+            "Momentum (β = 0.9, the chapter's EMA form) builds up speed along the floor and reaches the minimum "
+            "long before; across the valley it swings in slow arcs instead of zig-zagging every step.",
         ),
         {
-            "surface": {"name": "valley"},
-            "steps": 120,
-            "optimizers": [_gd(0.076), {"name": "momentum", "hyperparams": {"lr": 0.5, "beta": 0.9, "form": "ema"}}],
+            "surface": {"name": "valley", "params": {"condition": 100.0}},
+            "steps": 150,
+            "optimizers": [_gd(0.019), {"name": "momentum", "hyperparams": {"lr": 0.05, "beta": 0.9, "form": "ema"}}],
         },
     ),
     Preset(
@@ -117,14 +119,14 @@ PRESETS: tuple[Preset, ...] = (
         "Sweep lr × β",
         "Momentum",
         (
-            "Momentum on the narrow valley for 32 × 32 pairs of (lr, β): the colour is the final loss, grey "
-            "cells diverged.",
+            "Momentum on the narrow valley (condition number 100) for 32 × 32 pairs of (lr, β): the colour is "
+            "the final loss, grey cells diverged.",
             "The stable region widens with β (the limit is 2(1+β)/((1-β)λmax)); click a cell to load it.",
         ),
         {
-            "surface": {"name": "valley"},
-            "steps": 100,
-            "optimizers": [{"name": "momentum", "hyperparams": {"lr": 0.5, "beta": 0.9, "form": "ema"}}],
+            "surface": {"name": "valley", "params": {"condition": 100.0}},
+            "steps": 150,
+            "optimizers": [{"name": "momentum", "hyperparams": {"lr": 0.05, "beta": 0.9, "form": "ema"}}],
         },
         sweep={
             "opt": 0,
@@ -207,8 +209,8 @@ PRESETS: tuple[Preset, ...] = (
         "Cliff, no clipping",
         "Gradient Clipping",
         (
-            "A cliff: the loss drops by 4 over a narrow band, where the gradient is a hundred times the "
-            "bowl's.",
+            "A cliff: the loss drops by 4 over a band about 0.25 wide, where the slope reaches 16 against 0.3 "
+            "for the bowl around it.",
             "One step on the cliff face multiplies that gradient by the lr: the run is thrown far past the "
             "cliff.",
         ),
@@ -487,7 +489,7 @@ def _escaped(run: _Run, surface: Any, noise: float) -> str | None:
     k = int(negative[g[negative].argmin()])
     if not (k > 0 and g[k] <= 0.5 * g[0]):
         return None
-    why = f": the gradient noise (σ = {_num(noise)}) pushed it off the ridge" if noise > 0 else ""
+    why = f", with gradient noise σ = {_num(noise)}" if noise > 0 else ""
     return (
         f"{run.label} crossed a region of negative curvature (λmin = {_num(float(lam_min[k]))} at {_pt(pos[k])}, "
         f"step {k}) without stalling and ended in the basin near {_pt(end)}{why}"
@@ -523,6 +525,18 @@ def _sharp_flat(runs: list[_Run], surface: Any, limit: LimitFn) -> str | None:
     return said
 
 
+def _race(runs: list[_Run], steps: int, tol: float) -> str | None:
+    """Several runs, some of which reached the tolerance: which, and when."""
+    if len(runs) < 2 or not any(r.steps_to_tol is not None for r in runs):
+        return None
+    done = sorted((r for r in runs if r.steps_to_tol is not None), key=lambda r: r.steps_to_tol)
+    rest = [r.label for r in runs if r.steps_to_tol is None]
+    said = "within the tolerance " + _num(tol) + ": " + ", ".join(f"{r.label} at step {r.steps_to_tol}" for r in done)
+    if rest:
+        said += f"; {', '.join(rest)} not in {steps} steps"
+    return said
+
+
 def _schedule(req: models.TrajectoryRequest, runs: list[_Run]) -> str | None:
     if req.schedule is None or not runs:
         return None
@@ -541,14 +555,15 @@ def seeing(req: models.TrajectoryRequest, result: Mapping[str, Any], limit: Limi
 
     For each run, in this order: divergence (the step, and the lr against the optimizer's stability limit
     at the start); a stall at a saddle, plateau or maximum (the server's end-point classification, with
-    the Hessian's eigenvalues there); a cliff (one step far longer than the run's median, on a gradient far
-    larger than its median) or the clipping that prevented it; an adaptive first step (the same size in
+    the Hessian's eigenvalues there); a cliff (one step far longer than the run's first, on a gradient far
+    larger than at its start) or the clipping that prevented it; an adaptive first step (the same size in
     each coordinate, whatever the gradient's direction; without Adam's bias correction, the closed form
     ``(1 - b1) / sqrt(1 - b2)`` of its size); a zig-zag (the offset along the sharpest direction at the end
     point changes sign each step: ``lr × λmax`` against the limit) or a straight walk (gradient descent
     with ``lr × λmax < 1``); an escape from a saddle. Then, over all runs: two runs settled in minima of
-    different sharpness; the learning-rate schedule. Zig-zags and first steps are only read from runs
-    without gradient noise, where they are the optimizer's, not the noise's; so are cliff jumps.
+    different sharpness; which runs reached the tolerance and at which step; the learning-rate schedule.
+    Zig-zags, first steps and cliff jumps are only read from runs without gradient noise, where they are
+    the optimizer's, not the noise's.
 
     Args:
         req: the trajectory request that was run.
@@ -587,7 +602,8 @@ def seeing(req: models.TrajectoryRequest, result: Mapping[str, Any], limit: Limi
             found += [_first_step(run, surface), _zigzag(run, surface, limit)]
         found.append(_escaped(run, surface, req.noise))
         out.extend(s for s in found if s)
-    out.extend(s for s in (_sharp_flat(runs, surface, limit), _schedule(req, runs)) if s)
+    overall = (_sharp_flat(runs, surface, limit), _race(runs, req.steps, req.tol), _schedule(req, runs))
+    out.extend(s for s in overall if s)
     return out[:MAX_SENTENCES]
 
 

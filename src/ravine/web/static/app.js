@@ -966,10 +966,18 @@ async function applyPreset(p) {
   }
   requestRun();
   if (p.sweep) runSweep();
-  else {
-    lastSweep = null;
-    delete state.sweep.request;
-  }
+  else clearSweep();
+}
+/* No sweep shown (the placeholder of an empty sweep plot). */
+function clearSweep() {
+  lastSweep = null;
+  delete state.sweep.request;
+  $("sweep-status").textContent = "";
+  renderSweepControls();
+  return Plotly.react("plot-sweep", [], { margin: { l: 60, r: 10, t: 30, b: 44 },
+    annotations: [{ text: "Run a sweep to see the grid", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5,
+      font: { color: "#6b7385" } }], xaxis: { visible: false }, yaxis: { visible: false } },
+  { ...PLOT_CONFIG, displayModeBar: false });
 }
 
 async function probe(point) {
@@ -1300,10 +1308,7 @@ async function init() {
   saveHash();
   if (state.probe) probe(state.probe);
   // Plotly attaches .on() to the div after the first plot.
-  await Plotly.newPlot("plot-sweep", [], { margin: { l: 60, r: 10, t: 30, b: 44 },
-    annotations: [{ text: "Run a sweep to see the grid", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5,
-      font: { color: "#6b7385" } }], xaxis: { visible: false }, yaxis: { visible: false } },
-  { ...PLOT_CONFIG, displayModeBar: false }).then((gd) => gd.on("plotly_click", onSweepClick));
+  await clearSweep().then((gd) => gd.on("plotly_click", onSweepClick));
   if (sweepRequest) {  // a link's sweep: the same request again (the server computes it deterministically)
     try {
       const data = await api("sweep", "/api/sweep", sweepRequest);
