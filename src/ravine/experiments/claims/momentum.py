@@ -315,7 +315,7 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
                 cells.append(
                     store.cached(
                         NAME,
-                        f"valley-k{kappa:g}-s{seed}-n{N_LR[size]}",
+                        f"valley-k{kappa:g}-s{seed}-n{N_LR[size]}-b{BETA:g}-t{REL_TOL:g}",
                         lambda kappa=kappa, seed=seed: valley_steps(kappa, seed, N_LR[size]),
                     )
                 )

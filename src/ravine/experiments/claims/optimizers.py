@@ -472,7 +472,7 @@ def scale_arm(size: str, store: Store, progress: Progress) -> tuple[dict[str, An
         for n in sizes:
             costs[n] = store.cached(
                 NAME,
-                f"update-cost-n{n}-b{BATCH}",
+                f"update-cost-n{n}-b{BATCH}-d{SCALE_DATA['in_features']}-h{'-'.join(map(str, SCALE_MODEL['hidden']))}",
                 lambda n=n: {"gd": update_cost(n, None), "sgd": update_cost(n, BATCH)},
             )
             bar.update(1)
