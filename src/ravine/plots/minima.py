@@ -231,11 +231,12 @@ def plot_measures(
         path: where to save the PNG.
         runs: run label -> a mapping with ``batch`` (its group), ``seed``, ``lambda_max``, ``trace``,
             ``sam``, ``keskar``, ``gap`` and optionally ``lambda_history`` (``{"step": [...],
-            "top_eig": [...]}``).
+            "lambda_max": [...]}``: the top eigenvalue during training).
         groups: the group names in ``runs``' ``batch`` field, in display order.
         group_labels: their labels.
         target: the matched training loss, for the titles.
-        gd_threshold: ``2 / lr``, drawn on the training-time panel when given.
+        gd_threshold: the stability threshold (``2 / lr`` for plain SGD), drawn on the training-time
+            panel when given.
         corr: Pearson's r of ``log lambda_max`` and the gap, shown in that panel's title.
         suptitle: the figure's title.
 
@@ -269,7 +270,7 @@ def plot_measures(
         h = v.get("lambda_history") or {}
         if len(h.get("step", [])):
             i = list(groups).index(v["batch"])
-            ax.plot(h["step"], _positive(h["top_eig"]), color=color(i), alpha=0.7, linewidth=1.2)
+            ax.plot(h["step"], _positive(h["lambda_max"]), color=color(i), alpha=0.7, linewidth=1.2)
     for i, lab in enumerate(group_labels):
         ax.plot([], [], color=color(i), label=lab)
     if gd_threshold is not None:

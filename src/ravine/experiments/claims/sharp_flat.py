@@ -11,7 +11,8 @@ at or below the target. At that point, on the whole training set:
   ``lambda_max`` (Lanczos), the trace ``tr(H)`` (Hutch++), SAM's first-order sharpness
   (``rho = 0.05``, Foret et al. 2021) and Keskar et al. (2017)'s epsilon-sharpness (``eps = 1e-3``);
 - the generalization gap, test loss minus training loss;
-- ``lambda_max`` during training (the harness's ``hessian_every``, on 256 training samples);
+- ``lambda_max`` during training against the stability threshold ``2 / lr`` (the harness's
+  ``sharpness_every``: ``ravine.curvature.SharpnessMonitor`` on the first 256 training samples);
 - Li et al. (2018)'s filter-normalized 1D and 2D slices of one small-batch and one large-batch minimum.
 
 The caveat (Dinh, Pascanu, Bengio & Bengio 2017, "Sharp Minima Can Generalize For Deep Nets"): in a
@@ -144,7 +145,7 @@ def plan(size: str) -> list[Planned]:
                 eval_every=pick(size, 4, EVERY, EVERY),
                 checkpoint_every=pick(size, 4, EVERY, EVERY),
                 keep_checkpoints=0,
-                hessian_every=pick(size, 4, 2 * EVERY, EVERY),
+                sharpness_every=pick(size, 4, 2 * EVERY, EVERY),
                 hessian_samples=256,
                 seed=seed,
             )
@@ -208,6 +209,12 @@ def _views(small: Any, large: Any, s_step: int, l_step: int, size: str) -> dict[
     return out
 
 
+def _threshold(per_run: dict[str, Any]) -> float | None:
+    """The stability threshold the sharpness monitor recorded (``2 / lr`` for plain SGD), if any."""
+    values = [v for r in per_run.values() for v in r["lambda_history"].get("threshold", []) if v is not None]
+    return float(np.median(values)) if values else None
+
+
 def _geomean(x: np.ndarray) -> float:
     x = x[np.isfinite(x) & (x > 0)]
     return float(np.exp(np.mean(np.log(x)))) if len(x) else math.nan
@@ -243,11 +250,8 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
             "gap": float(ev["test_loss"][i] - ev["train_loss"][i]),
             **store.cached(NAME, key, lambda r=r, step=step: _measure(r, step, probes)),
         }
-        hess = r.columns("hessian")
-        rec["lambda_history"] = {
-            "step": hess.get("step", np.zeros(0)).tolist(),
-            "top_eig": hess.get("top_eig", np.zeros(0)).tolist(),
-        }
+        sh = r.columns("sharpness")
+        rec["lambda_history"] = {k: sh.get(k, np.zeros(0)).tolist() for k in ("step", "lambda_max", "threshold")}
         per_run[p.label] = rec
 
     def pair(metric: str) -> np.ndarray:
@@ -324,7 +328,7 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
         groups=("small", "large"),
         group_labels=(f"batch {SMALL}", "full batch"),
         target=TARGET,
-        gd_threshold=2.0 / LR,
+        gd_threshold=_threshold(per_run),
         corr=r_corr,
         suptitle=f"Sharpness and generalization gap at training loss <= {TARGET:g}, {len(seeds)} seeds",
     )
