@@ -108,7 +108,8 @@ def valley_steps(kappa: float, seed: int, n_lr: int, beta: float = BETA) -> dict
     """Steps to ``REL_TOL`` on the valley for plain GD and EMA momentum over :func:`valley_lr_grid`.
 
     One ``ravine.simulate.sweep`` of ``lr x beta`` (``beta in {0, beta}``), ``kappa * ln(1/REL_TOL) + 200``
-    steps (twice what GD needs at its best rate ``2 / (kappa + 1)``).
+    steps (about four times what GD needs at its optimal rate ``2 / (kappa + 1)``, see
+    :func:`gd_best_steps_closed_form`).
 
     Args:
         kappa: the condition number.
