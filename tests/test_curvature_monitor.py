@@ -370,3 +370,27 @@ def test_harness_records_sharpness_and_resume_keeps_the_records_consistent(tmp_p
         return [{k: v for k, v in r.items() if k not in ("time", "wall")} for r in records]
 
     assert strip(Run(tmp_path / "run").records) == strip(ref.records)
+
+
+def test_the_playground_limits_are_the_same_rule():
+    """ravine.web's stability_limit maps each optimizer through stability_rule: the same limits (closed
+    forms at lambda_max = 4), and the texts the page shows (adaptive optimizers: 'no fixed lr limit')."""
+    from ravine.web import app, models
+
+    lam = 4.0
+    cases = [
+        ("gd", {}, 2 / lam),
+        ("sgd", {"momentum": 0.5, "weight_decay": 0.1}, 3.0 / (lam + 0.1)),
+        ("momentum", {"beta": 0.5, "form": "ema"}, 3.0 / (0.5 * lam)),
+        ("momentum", {"beta": 0.5, "form": "heavy_ball", "dampening": 0.2}, 3.0 / (0.8 * lam)),
+        ("nesterov", {}, None),
+        ("adam", {}, None),
+        ("rmsprop", {}, None),
+    ]
+    for name, hp, want in cases:
+        out = app.stability_limit(models.OptimizerSpec(name=name, hyperparams=hp), lam)
+        assert out["lr"] == (None if want is None else pytest.approx(want, rel=1e-12)), name
+        assert out["rule"] == stability_rule(name, {**ro.get(name).hyperparams, **hp}).text
+    assert "no fixed lr limit" in app.stability_limit(models.OptimizerSpec(name="adam"), lam)["rule"]
+    assert "38/λmax(P⁻¹H)" in stability_rule("adam").text
+    assert app.stability_limit(models.OptimizerSpec(name="gd"), -1.0)["lr"] is None

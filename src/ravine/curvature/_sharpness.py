@@ -513,7 +513,10 @@ def stability_rule(
     if name in _ADAM_NAMES:
         b1 = _group_betas(hp, (0.9, 0.999))[0]
         c = _stability_constant("adam", b1)
-        text = f"(2+2β1)/((1−β1) λmax(P⁻¹H)) = {c:g}/λmax(P⁻¹H) (Adam, β1 = {b1:g})"
+        text = (
+            f"no fixed lr limit: {name} preconditions its steps (the limit is on the preconditioned curvature: "
+            f"lr < (2+2β1)/((1−β1) λmax(P⁻¹H)) = {c:g}/λmax(P⁻¹H) at β1 = {b1:g})"
+        )
         return StabilityRule(name, "adam", "preconditioned", c, b1, text=text)
     if name in _SGD_NAMES + _MOMENTUM_NAMES + ("nesterov",):
         return StabilityRule(name, None, None, math.nan, text="no closed-form lr limit drawn for Nesterov momentum")
@@ -522,7 +525,9 @@ def stability_rule(
         None,
         None,
         math.nan,
-        text=f"no closed-form lr limit for {name} (an adaptive optimizer's limit is on its preconditioned curvature)",
+        text=f"no fixed lr limit: {name} preconditions its steps (the limit is on the preconditioned curvature)"
+        if isinstance(optimizer, str)
+        else f"no closed-form stability rule known for {name}",
     )
 
 
