@@ -14,8 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.figure import Figure
 
-from ravine.plots._style import plt
+from ravine.plots._style import plt  # noqa: F401  (the Agg backend)
 
 #: The playground's colours: one per run (a run's default colour is ``palette[i]``), the contour's fill
 #: (a colour scale over the log of the loss gap) and lines, the minima, diverged marks and the start.
@@ -138,11 +140,12 @@ def playground_figure(
     if x.ndim == 2:
         x, y = x[0, :], y[:, 0]
     t, levels = contour_levels(z)
-    cmap = plt.matplotlib.colors.LinearSegmentedColormap.from_list(
+    cmap = LinearSegmentedColormap.from_list(
         "ravine_page", [(p, c) for p, c in PAGE_STYLE["contour_colorscale"]]
     )
 
-    fig = plt.figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    # a Figure of its own, not pyplot's: the server draws in threads, and pyplot's figure registry is global
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     outer = fig.add_gridspec(2, 1, height_ratios=[5.0, 0.75])
     top = outer[0].subgridspec(2, 2, width_ratios=[1.25, 1.0])
     ax = fig.add_subplot(top[:, 0])
@@ -189,14 +192,15 @@ def playground_figure(
         ax.plot(sx, sy, "o", mfc="none", mec=PAGE_STYLE["start"], ms=11, mew=2.2, zorder=7, label="start")
     (x0, x1), (y0, y1) = domain
     ax.set(xlim=(x0, x1), ylim=(y0, y1), xlabel="x", ylabel="y", title=title, aspect="equal")
-    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.09), ncol=4, fontsize=8, frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.12), ncol=4, fontsize=8, frameon=False)
     ax_loss.set(ylabel="loss − min" if global_min is not None else "loss", xlim=(0, steps))
     ax_loss.tick_params(labelbottom=False)
     ax_grad.set(xlabel="step", ylabel="‖gradient‖")
     for a in (ax_loss, ax_grad):
         a.grid(alpha=0.3)
     text = ["Settings: " + "; ".join(settings)] if settings else []
-    text += ["What you are seeing: " + s for s in caption]
-    wrapped = "\n".join(textwrap.fill(line, 190, subsequent_indent="    ") for line in text)
+    if caption:
+        text += ["What you are seeing:"] + ["• " + s for s in caption]
+    wrapped = "\n".join(textwrap.fill(line, 190, subsequent_indent="   ") for line in text)
     ax_text.text(0.0, 1.0, wrapped, va="top", ha="left", fontsize=8.5, transform=ax_text.transAxes)
     return fig

@@ -818,13 +818,23 @@ def create_app(
     def python(req: models.TrajectoryRequest) -> dict[str, str]:
         return {"code": python_snippet(req)}
 
-    _teaching_routes(app)
+    _teaching_routes(app, computed)
     return app
 
 
-def _teaching_routes(app: FastAPI) -> None:
-    """The teaching routes (:mod:`ravine.web.teaching`): presets, the page's colours, the captioned export."""
+def _teaching_routes(app: FastAPI, computed: Callable[..., Any]) -> None:
+    """The teaching routes (:mod:`ravine.web.teaching`): presets, the page's colours, the captioned export.
+
+    The exports get their runs from ``computed`` (the trajectories route's lane and response cache: exporting
+    the view the page shows costs no simulation); the figure is drawn in the thread pool.
+    """
     from ravine.plots.playground import PAGE_STYLE
+
+    async def runs_of(req: models.ExportRequest, request: Request) -> tuple[dict[str, Any] | None, Response]:
+        out = await computed(
+            "trajectories", req.request, lambda r: compute_trajectories(r), models.TrajectoryOut, request
+        )
+        return (json.loads(out.body) if out.status_code == 200 else None), out
 
     @app.get("/api/presets", response_model=list[models.PresetOut], summary="The chapter's figures as views")
     def presets() -> list[dict[str, Any]]:
@@ -840,15 +850,21 @@ def _teaching_routes(app: FastAPI) -> None:
         responses={200: {"content": {"image/png": {}}, "description": "the captioned figure, 1800 x 1100 pixels"}},
         summary="The view as a captioned PNG (contour, loss, gradient norm, settings, what you are seeing)",
     )
-    def export_png(req: models.ExportRequest) -> Response:
-        result = compute_trajectories(req.request)
-        png = teaching.png_bytes(teaching.export_figure(req.request, result, req.colors))
+    async def export_png(req: models.ExportRequest, request: Request) -> Response:
+        result, out = await runs_of(req, request)
+        if result is None:
+            return out
+        png = await run_in_threadpool(
+            lambda: teaching.png_bytes(teaching.export_figure(req.request, result, req.colors))
+        )
         return Response(png, media_type="image/png", headers={"Content-Disposition": "inline; filename=ravine.png"})
 
     @app.post("/api/export/python", response_model=models.PythonOut, summary="Python that saves the captioned PNG")
-    def export_python(req: models.ExportRequest) -> dict[str, str]:
-        caption = compute_trajectories(req.request)["seeing"]
-        return {"code": python_snippet(req.request, req.colors, caption)}
+    async def export_python(req: models.ExportRequest, request: Request) -> Response:
+        result, out = await runs_of(req, request)
+        if result is None:
+            return out
+        return JSONResponse({"code": python_snippet(req.request, req.colors, result["seeing"])})
 
 
 def _plotly_js_path() -> Path:

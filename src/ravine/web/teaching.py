@@ -685,17 +685,20 @@ def export_figure(req: models.TrajectoryRequest, result: Mapping[str, Any], colo
 
 
 def png_bytes(fig: Any) -> bytes:
-    """``fig`` as PNG bytes at ``ravine.plots.playground.DPI`` (then closed)."""
+    """``fig`` as PNG bytes at ``ravine.plots.playground.DPI``.
+
+    Args:
+        fig: a figure of :func:`export_figure`.
+
+    Returns:
+        The PNG file's bytes.
+    """
     import io
 
     from ravine.plots import playground
-    from ravine.plots._style import plt
 
     buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=playground.DPI)
-    finally:
-        plt.close(fig)
+    fig.savefig(buf, format="png", dpi=playground.DPI)
     return buf.getvalue()
 
 
