@@ -344,7 +344,10 @@ def hessian_eigenvalues(
     previous top eigenvector (``EigenResult.vectors[0]``) converges in fewer HVPs when ``H`` has
     changed little (what ``SharpnessMonitor`` does).
     ``hvp`` and ``dtype`` are :class:`HessianOperator`'s ``method`` and ``dtype``; ``model`` may also
-    be a ready :class:`HessianOperator` (then ``loss_fn`` and ``data`` are ignored).
+    be a ready :class:`HessianOperator` (then ``loss_fn`` and ``data`` are ignored). On in-memory
+    data the operator builds the gradient graph once and each HVP is one backward pass through it
+    (:class:`HessianOperator`'s ``cache_graph``, bounded by its ``max_graph_mb``); on a DataLoader
+    each HVP is forward-over-reverse.
 
     Differs from PyHessian's ``eigenvalues``: Lanczos instead of power iteration (far fewer HVPs for
     the same accuracy, and several pairs at once), the algebraically largest value even when the
