@@ -279,6 +279,9 @@ def test_registry_names_and_errors():
         "clipping",
         "local-minima",
         "sharp-flat",
+        "sgd-noise",
+        "saddles",
+        "adam-landscape",
     ]
     for exp in claims.all_experiments():
         assert exp.claim and exp.title and callable(exp.execute) and callable(exp.verdict)
