@@ -216,8 +216,8 @@ def plot_weight_decay(
         )
     ridge = []
     for k, (label, (best, by_seed)) in enumerate(ridges.items()):
-        ridge.append(Trend(f"{label}: best of the mean", lrs, list(best), k))
-        ridge.append(Trend(f"{label}: each seed's best", lrs, np.asarray(by_seed, dtype=float), k, ":", "."))
+        ridge.append(Trend(label, lrs, list(best), k))
+        ridge.append(Trend(f"{label}, per seed", lrs, np.asarray(by_seed, dtype=float), k, ":", "."))
     panels.append(
         TrendPanel(
             "best weight decay against learning rate",
