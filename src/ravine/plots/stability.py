@@ -74,8 +74,20 @@ def plot_stability(
     if not panels:
         raise ValueError("panels must hold at least one StabilityPanel")
     n = len(panels)
+    with plt.rc_context({"font.size": 12}):
+        return _draw(path, panels, suptitle, loss_label, sharpness_axis, n)
+
+
+def _draw(
+    path: str | os.PathLike,
+    panels: Sequence[StabilityPanel],
+    suptitle: str,
+    loss_label: str,
+    sharpness_axis: str,
+    n: int,
+) -> Path:
     fig, axes = plt.subplots(
-        2, n, figsize=(max(3.6 * n, 6.0), 6.0), squeeze=False, gridspec_kw={"height_ratios": [3, 2]}, sharex="col"
+        2, n, figsize=(max(3.8 * n, 9.0), 6.4), squeeze=False, gridspec_kw={"height_ratios": [3, 2]}, sharex="col"
     )
     for j, p in enumerate(panels):
         top, bottom = axes[0, j], axes[1, j]
@@ -95,15 +107,16 @@ def plot_stability(
                 ax.axvline(p.reached_step, color="0.5", ls=":", lw=1)
             top.annotate(
                 p.reached_label,
-                (p.reached_step, 0.04),
+                (p.reached_step, 0.96),
                 xycoords=("data", "axes fraction"),
                 xytext=(4, 0),
                 textcoords="offset points",
-                fontsize=8,
+                fontsize=10,
+                va="top",
                 color="0.35",
             )
-        top.set_title(p.title, fontsize=10)
-        top.legend(loc="upper left", fontsize=8, frameon=False)
+        top.set_title(p.title, fontsize=12)
+        top.legend(loc="lower right", fontsize=10, framealpha=0.9)
         top.grid(alpha=0.3)
         loss = _array(p.loss)
         ok = np.isfinite(loss) & (loss > 0)
@@ -116,6 +129,6 @@ def plot_stability(
         if j == 0:
             bottom.set_ylabel(loss_label)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=11)
+        fig.suptitle(suptitle, fontsize=13)
     fig.tight_layout()
     return save(fig, path)
