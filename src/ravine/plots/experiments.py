@@ -176,7 +176,8 @@ def plot_heatmaps(path: str | os.PathLike, maps: Sequence[Heatmap], cbar_label: 
     vmin, vmax = (np.percentile(vals, 2), np.percentile(vals, 90)) if len(vals) else (0.0, 1.0)
     if vmax <= vmin:
         vmax = vmin + 1e-9
-    fig, axes = plt.subplots(1, len(maps), figsize=(5.0 * len(maps), 4.2), squeeze=False)
+    # wspace: room for each panel's own y label between the panels
+    fig, axes = plt.subplots(1, len(maps), figsize=(5.0 * len(maps), 4.2), squeeze=False, gridspec_kw={"wspace": 0.35})
     im = None
     for ax, hm in zip(axes.flat, maps):
         z = np.asarray(hm.z, dtype=float)
