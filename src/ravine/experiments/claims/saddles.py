@@ -341,8 +341,8 @@ def execute(size: str, store: Store, progress: Progress) -> tuple[dict[str, Any]
     end_step = end["step"] if end else "-"
     end_loss = end["train_loss"] if end else float("nan")
     reading = (
-        f"On the plateau ({len(plateau)} checkpoints with the dense spectrum, of {len(along)}, within "
-        f"{PLATEAU_BAND:g} nats of the initial loss {loss0:.3f}) the Hessian had lambda_min / lambda_max = "
+        f"On the plateau (checkpoints within {PLATEAU_BAND:g} nats of the initial loss {loss0:.3f}; the dense "
+        f"spectrum at {len(plateau)} of them) the Hessian had lambda_min / lambda_max = "
         f"{pm:.2f} and index {pi:.3f} (median): {kind}. At the end (step {end_step}, loss {end_loss:.3f}) the index "
         f"was {num(measured['end_index']):.3f} and lambda_min / lambda_max {num(measured['end_min_over_max']):.3f}. "
         f"Median steps to leave the plateau: {escape['gd']:.0f} for gradient descent, {escape['gd+noise']:.0f} with "
@@ -399,8 +399,10 @@ def verdict(measured: dict[str, Any]) -> Verdict:
         if not bad
         else "Not all of it holds here: " + ", ".join(bad) + "."
     )
+    dims = [a["dim"] for a in measured.get("along", []) if isinstance(a, dict) and "dim" in a]
+    params = f"{dims[0]} parameters" if dims else "parameters"
     scale = (
-        f"measured on a 3-layer deep linear network (656 parameters) on 1437 digits, {measured.get('seeds', '?')} "
+        f"measured on a 3-layer deep linear network ({params}) on 1437 digits, {measured.get('seeds', '?')} "
         "seeds; a network this small has a Hessian that can be built densely, so the index is exact"
     )
     return Verdict.from_checks(checks, expl, scale)
