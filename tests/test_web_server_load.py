@@ -279,6 +279,7 @@ def test_serve_with_two_worker_processes_serves_and_stops_left_work():
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     base = f"http://127.0.0.1:{port}"
+    pids: list[int] = []
     try:
         def up():
             if proc.poll() is not None:
@@ -294,9 +295,23 @@ def test_serve_with_two_worker_processes_serves_and_stops_left_work():
         assert r.status_code == 200 and [run["name"] for run in r.json()["runs"]] == ["adam", "gd"]
         _small_answers_while_big_runs_then_big_stops(base, port)
         assert httpx.get(base + "/", headers={"Host": "evil.example"}, timeout=10).status_code == 400
+        pids = httpx.get(base + "/api/load", timeout=10).json()["pids"]
+        assert len(pids) == 3  # two for the small lane, one for the big
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    _wait(lambda: not any(_alive(pid) for pid in pids), "the worker processes to exit with the server", 60)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
 
 
 def test_serve_options_are_checked_and_reach_the_app(monkeypatch):

@@ -37,6 +37,7 @@ import ipaddress
 import multiprocessing
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -151,6 +152,15 @@ def _init_worker(flags: Any, run_cache_bytes: int, torch_threads: int | None, ni
         torch.set_num_threads(max(1, int(torch_threads)))
     _FLAGS = flags
     _RUN_CACHE = LRUCache(run_cache_bytes)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="ravine-parent-watch").start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker's watchdog: exit when the server process is gone (a worker blocked on its queue would not)."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(0)
 
 
 def _in_worker(fn: WorkFn, payload: str, slot: int) -> bytes:
@@ -158,12 +168,16 @@ def _in_worker(fn: WorkFn, payload: str, slot: int) -> bytes:
     return fn(payload, lambda: flags[slot] != 0, _RUN_CACHE)
 
 
-def _warm() -> int:
-    """Run in each new worker process at start: imports and one tiny run, so the first request is not slow."""
-    import ravine.simulate as sim
+def _warm(fn: WorkFn | None, payload: str) -> int:
+    """Run in each new worker process at start (a first request of the app, or one tiny run), so that the
+    imports and first allocations do not fall on a client's request."""
+    if fn is not None:
+        fn(payload, lambda: False, _RUN_CACHE)
+    else:
+        import ravine.simulate as sim
 
-    sim.run("bowl", ["adam"], steps=2)
-    return 0
+        sim.run("bowl", ["adam"], steps=2)
+    return os.getpid()
 
 
 class ClientGone(Exception):
@@ -201,6 +215,8 @@ class Lanes:
         run_cache: the run cache handed to compute functions in thread mode.
         run_cache_bytes: the bound of each worker process's own run cache (process mode).
         torch_threads: ``torch.set_num_threads`` in each worker process.
+        warm: ``(fn, payload)``: a first request each worker process computes when it starts (default: a tiny
+            ``ravine.simulate.run``).
     """
 
     def __init__(
@@ -210,8 +226,10 @@ class Lanes:
         run_cache: Any = None,
         run_cache_bytes: int = 0,
         torch_threads: int | None = 1,
+        warm: tuple[WorkFn, str] | None = None,
     ):
         self.workers = int(workers)
+        self._warm = warm
         self.mode = "processes" if self.workers > 0 else "threads"
         limits = {"small": max(1, self.workers), "big": max(1, int(big_limit))}
         self.stats = {lane: LaneStats(limit=n) for lane, n in limits.items()}
@@ -267,7 +285,8 @@ class Lanes:
         jobs = []
         for lane, stats in self.stats.items():
             ex = self.executor(lane)
-            jobs += [loop.run_in_executor(ex, _warm) for _ in range(stats.limit)]
+            fn, payload = self._warm or (None, "")
+            jobs += [loop.run_in_executor(ex, _warm, fn, payload) for _ in range(stats.limit)]
         await asyncio.gather(*jobs)
 
     def close(self) -> None:
@@ -278,11 +297,22 @@ class Lanes:
         with self._lock:
             executors, self._executors = list(self._executors.values()), {}
         for ex in executors:
+            processes = list((getattr(ex, "_processes", None) or {}).values())
             ex.shutdown(wait=False, cancel_futures=True)
+            for p in processes:  # their work was told to stop; nothing in a worker needs saving
+                p.terminate()
+            for p in processes:
+                p.join(timeout=10)
+
+    def pids(self) -> list[int]:
+        """The process ids of the worker processes now running (none in thread mode)."""
+        with self._lock:
+            return sorted(pid for ex in self._executors.values() for pid in (getattr(ex, "_processes", None) or {}))
 
     def snapshot(self) -> dict[str, Any]:
-        """``{"mode", "workers", "lanes": {lane: LaneStats as a dict}}``."""
-        return {"mode": self.mode, "workers": self.workers, "lanes": {k: asdict(v) for k, v in self.stats.items()}}
+        """``{"mode", "workers", "pids", "lanes": {lane: LaneStats as a dict}}``."""
+        lanes = {k: asdict(v) for k, v in self.stats.items()}
+        return {"mode": self.mode, "workers": self.workers, "pids": self.pids(), "lanes": lanes}
 
     def _semaphore(self, lane: str) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()

@@ -663,7 +663,11 @@ def create_app(
         torch.set_num_threads(max(1, int(torch_threads)))
     cache: LRUCache[bytes] = LRUCache(int(cache_mb * 2**20))
     run_cache: LRUCache[dict[str, Any]] = LRUCache(int(run_cache_mb * 2**20))
-    lanes = Lanes(workers, big_concurrency, run_cache, int(run_cache_mb * 2**20), torch_threads)
+    warm = models.TrajectoryRequest(optimizers=[models.OptimizerSpec(name="adam")], steps=2).model_dump_json()
+    lanes = Lanes(
+        workers, big_concurrency, run_cache, int(run_cache_mb * 2**20), torch_threads,
+        warm=(functools.partial(_work, "trajectories"), warm),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
