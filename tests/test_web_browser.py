@@ -768,7 +768,11 @@ def test_a_dragged_slider_redraws_during_the_drag_and_the_contour_stays(page, se
     assert not pg.problems, "\n".join(pg.problems)
 
 
-@pytest.mark.parametrize("preset", ["bowl", "zigzag", "adam_bias", "saddle", "sharp_flat", "cliff_clip"])
+@pytest.mark.parametrize(
+    "preset",
+    ["bowl", "zigzag", "adam_bias", "lr_beta_sweep", "warmup_cosine", "saddle", "saddle_noise", "sharp_flat", "cliff",
+     "cliff_clip"],
+)
 def test_a_preset_loads_its_view_with_caption_and_what_you_are_seeing(browser, server_url, preset):
     """Issue 15, teaching: one click loads a chapter figure; the caption and the server's sentences are shown.
 
@@ -800,6 +804,10 @@ def test_a_preset_loads_its_view_with_caption_and_what_you_are_seeing(browser, s
         shown = pg.locator("#seeing li").all_inner_texts()
         assert shown == result["seeing"]
         sync_api.expect(pg.locator(f"[data-preset='{preset}']")).to_have_class(re.compile("on"))
+        # the caption and the sentences keep the curvature readout and the sweep's button above the fold
+        assert pg.locator("#curv-info").bounding_box()["y"] < 900
+        button = pg.locator("#btn-sweep").bounding_box()
+        assert button["y"] + button["height"] <= 900
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         pg.screenshot(path=str(ARTIFACTS / f"preset-{preset}.png"))
         assert not problems, "\n".join(problems)
