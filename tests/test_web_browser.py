@@ -232,9 +232,8 @@ def test_playground_end_to_end(page, server_url, tmp_path):
     sync_api.expect(mark).to_be_visible()
     assert "2/λmax" in mark.get_attribute("title")
     sync_api.expect(pg.locator("#optimizers .opt").nth(2).locator("[data-stab]")).to_be_hidden()
-    assert "no fixed lr limit" in pg.locator("#optimizers .opt").nth(2).locator(".slider-wrap").first.get_attribute(
-        "title"
-    )
+    # Adam's limit is on its preconditioned curvature λmax(P⁻¹H) (ravine.curvature.stability_rule), not on H's
+    assert "λmax(P⁻¹H)" in pg.locator("#optimizers .opt").nth(2).locator(".slider-wrap").first.get_attribute("title")
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for path in (tmp_path / "playground.png", ARTIFACTS / "playground.png"):
@@ -398,7 +397,7 @@ def test_each_optimizer_gets_its_own_stability_mark(page, server_url):
     limits = pg.evaluate("window.__ravine.curvature().limits")
     assert limits[0]["lr"] == pytest.approx(2 / 25, rel=1e-12)
     assert limits[1]["lr"] == pytest.approx(2 * 1.9 / (0.1 * 25), rel=1e-12)
-    assert limits[2]["lr"] is None and "no fixed lr limit" in limits[2]["rule"]
+    assert limits[2]["lr"] is None and "λmax(P⁻¹H)" in limits[2]["rule"]  # on the preconditioned curvature
     run = pg.evaluate("window.__ravine.result().runs[1]")
     assert run["hyperparams"]["lr"] > limits[0]["lr"] and not run["diverged"] and run["steps_to_tol"] is not None
     cards = pg.locator("#optimizers .opt")
