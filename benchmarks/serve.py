@@ -198,61 +198,81 @@ def measure(workers: int | None, a: argparse.Namespace) -> dict:
         print(f"\n=== ravine serve {label} on {base} ({os.cpu_count()} CPU cores; load average {load})")
         out: dict = {"label": label}
 
-        s = slider_drag(base, a.requests, a.steps)
-        out["drag_p95"] = pct(s["lat"], 95)
-        print(f"(a) slider drag, {a.requests} sequential requests: latency p50 {pct(s['lat'], 50):.1f} ms, "
-              f"p95 {out['drag_p95']:.1f} ms (target < 50 ms: {'met' if out['drag_p95'] < 50 else 'NOT met'}); "
-              f"compute p50 {pct(s['comp'], 50):.1f} ms")
-
-        b = asyncio.run(many_clients(base, a.clients, a.per_client, a.steps, tag=0.3 + (workers or 0) * 0.01))
-        total, ok = a.clients * a.per_client, sum(b["done"])
-        starved = sum(1 for d in b["done"] if d < a.per_client)
-        out.update(rps=ok / b["wall"], p50=pct(b["lat"], 50), p95=pct(b["lat"], 95), errors=len(b["errors"]))
-        print(f"(b) {a.clients} clients x {a.per_client} distinct requests: {ok}/{total} completed, "
-              f"{len(b['errors'])} errors, {starved} starved; {out['rps']:.1f} req/s; latency p50 {out['p50']:.0f} ms, "
-              f"p95 {out['p95']:.0f} ms, max {max(b['lat']):.0f} ms (target p95 < 1 s: "
-              f"{'met' if out['p95'] < 1000 else 'NOT met'}); compute p50 {pct(b['comp'], 50):.1f} ms")
-        for e in b["errors"][:3]:
-            print(f"      {e}")
-
-        idle = small_latencies(base, a.small, tag=0.5)
-        base_ms = statistics.median(idle)
-        sock = send_and_leave_open(port, maximal_request(1))
-        wait_for(lambda: big_lane(base)["running"] == 1)
-        busy = small_latencies(base, a.small, tag=0.6, while_big=True)
-        sock.close()
-        delays = [x - base_ms for x in busy]
-        out.update(idle=base_ms, delay_p50=pct(delays, 50), delay_max=max(delays) if delays else float("nan"))
-        print(f"(c) small request on an idle server p50 {base_ms:.1f} ms; while a maximal request computes "
-              f"({len(busy)} requests measured): p50 {pct(busy, 50):.1f} ms, max {max(busy):.1f} ms: delay p50 "
-              f"{out['delay_p50']:.1f} ms, max {out['delay_max']:.1f} ms (target <= 100 ms: "
-              f"{'met' if out['delay_max'] <= 100 else 'NOT met'})")
-        wait_for(lambda: big_lane(base)["running"] == 0)
-
-        before = big_lane(base)["stopped_running"] + big_lane(base)["cancelled_queued"]
-        socks = [send_and_leave_open(port, maximal_request(10 + k)) for k in range(4)]
-        wait_for(lambda: big_lane(base)["running"] == 1 and big_lane(base)["queued"] == 3)
-
-        def all_stopped() -> bool:
-            lane = big_lane(base)
-            return lane["running"] == 0 and lane["stopped_running"] + lane["cancelled_queued"] - before == 4
-
-        stopped: list[float] = []
-        watcher = threading.Thread(target=lambda: stopped.append(wait_for(all_stopped)))
-        for sk in socks:
-            sk.close()
-        watcher.start()  # measures from the disconnects, while the small requests below run
-        after = small_latencies(base, a.small, tag=0.7)
-        watcher.join(120)
-        stop_s = stopped[0] if stopped else float("nan")
-        out.update(abandoned_delay_max=max(after) - base_ms, stop_ms=stop_s * 1e3)
-        print(f"(d) 4 maximal requests abandoned by their clients: the next {a.small} small requests p50 "
-              f"{pct(after, 50):.1f} ms, max {max(after):.1f} ms (delay max {out['abandoned_delay_max']:.1f} ms); "
-              f"all abandoned work stopped or dropped within {out['stop_ms']:.0f} ms of the disconnects")
+        out.update(rps=float("nan"), p95=float("nan"), errors=0)
+        if "a" in a.phases:
+            s = slider_drag(base, a.requests, a.steps)
+            out["drag_p95"] = pct(s["lat"], 95)
+            print(f"(a) slider drag, {a.requests} sequential requests: latency p50 {pct(s['lat'], 50):.1f} ms, "
+                  f"p95 {out['drag_p95']:.1f} ms (target < 50 ms: {'met' if out['drag_p95'] < 50 else 'NOT met'}); "
+                  f"compute p50 {pct(s['comp'], 50):.1f} ms")
+        if "b" in a.phases:
+            class_load(base, a, workers, out)
+        if "c" in a.phases or "d" in a.phases:
+            small_under_big(base, port, a, out)
         return out
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def class_load(base: str, a: argparse.Namespace, workers: int | None, out: dict) -> None:
+    """(b): many clients at once, every request distinct."""
+    b = asyncio.run(many_clients(base, a.clients, a.per_client, a.steps, tag=0.3 + (workers or 0) * 0.01))
+    total, ok = a.clients * a.per_client, sum(b["done"])
+    starved = sum(1 for d in b["done"] if d < a.per_client)
+    out.update(rps=ok / b["wall"], p50=pct(b["lat"], 50), p95=pct(b["lat"], 95), errors=len(b["errors"]))
+    print(f"(b) {a.clients} clients x {a.per_client} distinct requests: {ok}/{total} completed, "
+          f"{len(b['errors'])} errors, {starved} starved; {out['rps']:.1f} req/s; latency p50 {out['p50']:.0f} ms, "
+          f"p95 {out['p95']:.0f} ms, max {max(b['lat']):.0f} ms (target p95 < 1 s: "
+          f"{'met' if out['p95'] < 1000 else 'NOT met'}); compute p50 {pct(b['comp'], 50):.1f} ms")
+    for e in b["errors"][:3]:
+        print(f"      {e}")
+
+
+def small_under_big(base: str, port: int, a: argparse.Namespace, out: dict) -> None:
+    """(c) and (d): small requests while a maximal one computes, and after four are abandoned."""
+    # (c) interleaved, so that a change in the machine's load hits both sides alike: per round, small
+    # requests on the idle server, then the same number while a maximal request computes (it is then
+    # abandoned: its work stops, which (d) measures on its own)
+    idle: list[float] = []
+    busy: list[float] = []
+    per_round = 2
+    for r in range(max(1, a.small // per_round)):
+        idle += small_latencies(base, per_round, tag=0.5 + r * 1e-3)
+        sock = send_and_leave_open(port, maximal_request(100 + r))
+        wait_for(lambda: big_lane(base)["running"] == 1)
+        busy += small_latencies(base, per_round, tag=0.6 + r * 1e-3, while_big=True)
+        sock.close()
+        wait_for(lambda: big_lane(base)["running"] == 0)
+    base_ms = statistics.median(idle)
+    delays = [x - base_ms for x in busy]
+    out.update(idle=base_ms, busy=statistics.median(busy), delay_p50=pct(delays, 50),
+               delay_max=max(delays) if delays else float("nan"))
+    print(f"(c) small request, interleaved rounds: idle server p50 {base_ms:.1f} ms, max {max(idle):.1f} ms; "
+          f"while a maximal request computes ({len(busy)} measured) p50 {out['busy']:.1f} ms, max "
+          f"{max(busy):.1f} ms: delay p50 {out['delay_p50']:.1f} ms (x{out['busy'] / base_ms:.2f}), max "
+          f"{out['delay_max']:.1f} ms (target <= 100 ms: {'met' if out['delay_max'] <= 100 else 'NOT met'})")
+
+    before = big_lane(base)["stopped_running"] + big_lane(base)["cancelled_queued"]
+    socks = [send_and_leave_open(port, maximal_request(10 + k)) for k in range(4)]
+    wait_for(lambda: big_lane(base)["running"] == 1 and big_lane(base)["queued"] == 3)
+
+    def all_stopped() -> bool:
+        lane = big_lane(base)
+        return lane["running"] == 0 and lane["stopped_running"] + lane["cancelled_queued"] - before == 4
+
+    stopped: list[float] = []
+    watcher = threading.Thread(target=lambda: stopped.append(wait_for(all_stopped)))
+    for sk in socks:
+        sk.close()
+    watcher.start()  # measures from the disconnects, while the small requests below run
+    after = small_latencies(base, a.small, tag=0.7)
+    watcher.join(120)
+    stop_s = stopped[0] if stopped else float("nan")
+    out.update(abandoned_delay_max=max(after) - base_ms, stop_ms=stop_s * 1e3)
+    print(f"(d) 4 maximal requests abandoned by their clients: the next {a.small} small requests p50 "
+          f"{pct(after, 50):.1f} ms, max {max(after):.1f} ms (delay max {out['abandoned_delay_max']:.1f} ms); "
+          f"all abandoned work stopped or dropped within {out['stop_ms']:.0f} ms of the disconnects")
 
 
 def main() -> int:
@@ -263,12 +283,13 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--per-client", type=int, default=20)
     ap.add_argument("--small", type=int, default=20, help="small requests measured in (c) and (d)")
+    ap.add_argument("--phases", default="abcd", help="which of (a) (b) (c) (d) to run, e.g. 'cd'")
     ap.add_argument("--quick", action="store_true", help="(a) 20 requests, (b) 50 clients x 2 requests")
     a = ap.parse_args()
     if a.quick:
         a.requests, a.per_client, a.small = 20, 2, 10
     results = [measure(w, a) for w in (a.workers or [None])]
-    if len(results) > 1:
+    if len(results) > 1 and "b" in a.phases:
         first = results[0]
         print("\nsame run, relative to the first configuration:")
         for r in results[1:]:
