@@ -332,24 +332,41 @@ class _Run:
         return int(finite[-1]) if finite.size else 0
 
 
-def _eig(surface: Any, point: Sequence[float]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Eigenvalues (ascending) and unit eigenvectors (columns) of the exact Hessian at ``point``."""
-    xy = torch.tensor([float(point[0]), float(point[1])], dtype=torch.float64)
-    H = surface.hessian(xy).detach().to(torch.float64)
-    if not bool(torch.isfinite(H).all()):
-        return None
-    evals, evecs = torch.linalg.eigh(0.5 * (H + H.T))
-    return evals.numpy(), evecs.numpy()
+class _Curvature:
+    """The surface's exact Hessians at the points the sentences look at: computed in one batch, then kept."""
+
+    def __init__(self, surface: Any):
+        self.surface = surface
+        self._eigs: dict[tuple[float, float], tuple[np.ndarray, np.ndarray] | None] = {}
+
+    def prefetch(self, points: Sequence[Sequence[float]]) -> None:
+        """Eigen-decompose the Hessians at ``points`` (one batched call for those not already known)."""
+        keys = list(dict.fromkeys((float(p[0]), float(p[1])) for p in points))
+        keys = [k for k in keys if k not in self._eigs]
+        if not keys:
+            return
+        H = self.surface.hessian(torch.tensor(keys, dtype=torch.float64)).detach().to(torch.float64)
+        finite = torch.isfinite(H).all(dim=(1, 2))
+        evals, evecs = torch.linalg.eigh(0.5 * (H + H.transpose(1, 2)).nan_to_num(0.0, 0.0, 0.0))
+        for i, key in enumerate(keys):
+            self._eigs[key] = (evals[i].numpy(), evecs[i].numpy()) if bool(finite[i]) else None
+
+    def eig(self, point: Sequence[float]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Eigenvalues (ascending) and unit eigenvectors (columns) of the exact Hessian at ``point``."""
+        key = (float(point[0]), float(point[1]))
+        if key not in self._eigs:
+            self.prefetch([key])
+        return self._eigs[key]
 
 
 def _hp(spec: models.OptimizerSpec) -> dict[str, Any]:
     return {**ro.get(spec.name).hyperparams, **spec.hyperparams}
 
 
-def _diverged(run: _Run, surface: Any, limit: LimitFn) -> str:
+def _diverged(run: _Run, curv: _Curvature, limit: LimitFn) -> str:
     k = run.diverged_at
     lr = float(np.nanmax(run.lr[: max(1, k or 1)]))
-    eig = _eig(surface, run.pos[0])
+    eig = curv.eig(run.pos[0])
     said = f"{run.label} diverged at step {k}"
     if eig is None or eig[0][-1] <= 0:
         return said
@@ -360,10 +377,10 @@ def _diverged(run: _Run, surface: Any, limit: LimitFn) -> str:
     return f"{said}: lr = {_num(lr)} is {lr / L:.2g}× its stability limit {_num(L)} ({lim['rule']}) at the start"
 
 
-def _stalled(run: _Run, surface: Any, noise: float) -> str | None:
+def _stalled(run: _Run, curv: _Curvature, noise: float) -> str | None:
     end = run.pos[run.last]
     if run.end == "saddle":
-        eig = _eig(surface, end)
+        eig = curv.eig(end)
         lam = ""
         if eig is not None:
             lam = f": the gradient vanished, but the curvature is λ = {_num(eig[0][0])} < 0 < {_num(eig[0][1])}"
@@ -398,11 +415,11 @@ def _cliff(run: _Run, clip: models.ClipSpec | None, quiet: bool) -> str | None:
     return None
 
 
-def _first_step(run: _Run, surface: Any) -> str | None:
+def _first_step(run: _Run, curv: _Curvature) -> str | None:
     """Adaptive optimizers: a first step of the same size in each coordinate, whatever the gradient."""
     if len(run.pos) < 2 or 0 in run.clipped or not np.isfinite(run.pos[:2]).all() or not run.lr[0] > 0:
         return None
-    g = surface.grad(torch.tensor(run.pos[0], dtype=torch.float64)).detach().numpy()
+    g = curv.surface.grad(torch.tensor(run.pos[0], dtype=torch.float64)).detach().numpy()
     d = np.abs(run.pos[1] - run.pos[0]) / run.lr[0]
     if min(abs(g[0]), abs(g[1])) < 1e-9 or min(d) <= 0:
         return None
@@ -421,11 +438,11 @@ def _first_step(run: _Run, surface: Any) -> str | None:
     return said
 
 
-def _zigzag(run: _Run, surface: Any, limit: LimitFn) -> str | None:
+def _zigzag(run: _Run, curv: _Curvature, limit: LimitFn) -> str | None:
     """Gradient-descent-like runs: the offset along the sharpest direction flips sign each step, or never."""
     if run.end not in ("minimum", "moving"):
         return None
-    eig = _eig(surface, run.pos[run.last])
+    eig = curv.eig(run.pos[run.last])
     if eig is None or eig[0][-1] <= 0:
         return None
     lam, v = float(eig[0][-1]), eig[1][:, -1]
@@ -467,42 +484,50 @@ def _tail(run: _Run) -> np.ndarray:
     return pos[-max(1, len(pos) // 10) :].mean(axis=0)
 
 
-def _basin(surface: Any, point: np.ndarray) -> float | None:
+def _basin(curv: _Curvature, point: np.ndarray) -> float | None:
     """The largest Hessian eigenvalue at ``point`` if the Hessian is positive definite there (a basin), else None."""
-    eig = _eig(surface, point)
+    eig = curv.eig(point)
     return float(eig[0][-1]) if eig is not None and eig[0][0] > 0 else None
 
 
-def _escaped(run: _Run, surface: Any, noise: float) -> str | None:
-    """A run that crossed a region of negative curvature near a critical point and ended in a basin anyway."""
+def _escaped(run: _Run, curv: _Curvature, noise: float) -> str | None:
+    """A noisy run that crossed a region of negative curvature near a critical point and ended in a basin.
+
+    Only the points whose gradient is at most half the start's are candidates; their Hessians are computed
+    in one batch.
+    """
     if run.end in ("saddle", "plateau", "maximum", "diverged") or run.last < 10:
         return None
-    pos = run.pos[: run.last + 1]
-    xy = torch.tensor(pos, dtype=torch.float64)
-    g = np.linalg.norm(surface.grad(xy).detach().numpy(), axis=1)
-    H = surface.hessian(xy).detach().numpy()
-    lam_min = np.linalg.eigvalsh(0.5 * (H + np.swapaxes(H, 1, 2)))[:, 0]
-    negative = np.flatnonzero(lam_min < 0)
     end = _tail(run)
-    if negative.size == 0 or _basin(surface, end) is None:
+    if _basin(curv, end) is None:
         return None
-    k = int(negative[g[negative].argmin()])
-    if not (k > 0 and g[k] <= 0.5 * g[0]):
+    pos = run.pos[: run.last + 1]
+    g = np.linalg.norm(curv.surface.grad(torch.tensor(pos, dtype=torch.float64)).detach().numpy(), axis=1)
+    near = np.flatnonzero(g <= 0.5 * g[0])
+    near = near[near > 0]
+    if near.size == 0:
         return None
+    H = curv.surface.hessian(torch.tensor(pos[near], dtype=torch.float64)).detach().numpy()
+    lam = np.linalg.eigvalsh(0.5 * (H + np.swapaxes(H, 1, 2)))[:, 0]
+    negative = np.flatnonzero(lam < 0)
+    if negative.size == 0:
+        return None
+    j = int(negative[g[near[negative]].argmin()])
+    k, lam_min = int(near[j]), lam
     why = f", with gradient noise σ = {_num(noise)}" if noise > 0 else ""
     return (
-        f"{run.label} crossed a region of negative curvature (λmin = {_num(float(lam_min[k]))} at {_pt(pos[k])}, "
+        f"{run.label} crossed a region of negative curvature (λmin = {_num(float(lam_min[j]))} at {_pt(pos[k])}, "
         f"step {k}) without stalling and ended in the basin near {_pt(end)}{why}"
     )
 
 
-def _sharp_flat(runs: list[_Run], surface: Any, limit: LimitFn) -> str | None:
+def _sharp_flat(runs: list[_Run], curv: _Curvature, limit: LimitFn) -> str | None:
     """Two runs that ended in different basins of clearly different sharpness."""
     ends = []
     for r in runs:
         if r.end in ("diverged", "saddle", "maximum", "plateau"):
             continue
-        lam = _basin(surface, _tail(r))
+        lam = _basin(curv, _tail(r))
         if lam is not None:
             ends.append((lam, r))
     if len(ends) < 2:
@@ -560,8 +585,9 @@ def seeing(req: models.TrajectoryRequest, result: Mapping[str, Any], limit: Limi
     each coordinate, whatever the gradient's direction; without Adam's bias correction, the closed form
     ``(1 - b1) / sqrt(1 - b2)`` of its size); a zig-zag (the offset along the sharpest direction at the end
     point changes sign each step: ``lr × λmax`` against the limit) or a straight walk (gradient descent
-    with ``lr × λmax < 1``); an escape from a saddle. Then, over all runs: two runs settled in minima of
-    different sharpness; which runs reached the tolerance and at which step; the learning-rate schedule.
+    with ``lr × λmax < 1``); with gradient noise, an escape from a saddle. Then, over all runs: two runs
+    settled in minima of different sharpness; which runs reached the tolerance and at which step; the
+    learning-rate schedule.
     Zig-zags, first steps and cliff jumps are only read from runs without gradient noise, where they are
     the optimizer's, not the noise's.
 
@@ -575,7 +601,7 @@ def seeing(req: models.TrajectoryRequest, result: Mapping[str, Any], limit: Limi
     Returns:
         The sentences (possibly none), each with numbers from the runs.
     """
-    surface = req.surface.surface
+    curv = _Curvature(req.surface.surface)
     runs = [
         _Run(
             label=r["label"],
@@ -592,17 +618,20 @@ def seeing(req: models.TrajectoryRequest, result: Mapping[str, Any], limit: Limi
         for spec, r in zip(req.optimizers, result["runs"])
     ]
     quiet = req.noise == 0
+    # the points every run is looked at: where it started, where it stopped, where it ended up
+    curv.prefetch([p for r in runs for p in (r.pos[0], r.pos[r.last], _tail(r)) if np.isfinite(p).all()])
     out: list[str] = []
     for run in runs:
         if run.diverged_at is not None:
-            out.append(_diverged(run, surface, limit))
+            out.append(_diverged(run, curv, limit))
             continue
-        found = [_stalled(run, surface, req.noise), _cliff(run, req.clip, quiet)]
+        found = [_stalled(run, curv, req.noise), _cliff(run, req.clip, quiet)]
         if quiet:
-            found += [_first_step(run, surface), _zigzag(run, surface, limit)]
-        found.append(_escaped(run, surface, req.noise))
+            found += [_first_step(run, curv), _zigzag(run, curv, limit)]
+        else:  # an escape from a saddle is the noise's doing
+            found.append(_escaped(run, curv, req.noise))
         out.extend(s for s in found if s)
-    overall = (_sharp_flat(runs, surface, limit), _race(runs, req.steps, req.tol), _schedule(req, runs))
+    overall = (_sharp_flat(runs, curv, limit), _race(runs, req.steps, req.tol), _schedule(req, runs))
     out.extend(s for s in overall if s)
     return out[:MAX_SENTENCES]
 
