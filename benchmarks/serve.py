@@ -93,6 +93,9 @@ def start_server(port: int, workers: int | None) -> subprocess.Popen:
     while True:
         try:
             httpx.get(f"http://127.0.0.1:{port}/api/limits", timeout=2).raise_for_status()
+            # one request through each lane's warm-up (worker processes start on their first request)
+            httpx.post(f"http://127.0.0.1:{port}/api/trajectories", json=make_request(0.05, 500, 0.999),
+                       timeout=120).raise_for_status()
             return proc
         except httpx.TransportError:
             if proc.poll() is not None:

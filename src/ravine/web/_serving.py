@@ -36,6 +36,7 @@ import asyncio
 import ipaddress
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -180,6 +181,11 @@ def _warm(fn: WorkFn | None, payload: str) -> int:
     return os.getpid()
 
 
+def _report_warm_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        print(f"ravine serve: warning: a worker process failed to start: {future.exception()!r}", file=sys.stderr)
+
+
 class ClientGone(Exception):
     """The client disconnected before its response was ready; its work was dropped or stopped."""
 
@@ -277,17 +283,17 @@ class Lanes:
                 self._executors[lane] = ex
             return ex
 
-    async def start(self) -> None:
-        """Start the worker processes (each imports ravine and runs a tiny simulation), or nothing for threads."""
+    def start(self) -> None:
+        """Start the worker processes, each on a first request (imports, first allocations), and return at once:
+        the server answers meanwhile, and a request that comes first waits for its lane's warm-up. Threads: nothing.
+        """
         if self.mode != "processes":
             return
-        loop = asyncio.get_running_loop()
-        jobs = []
+        fn, payload = self._warm or (None, "")
         for lane, stats in self.stats.items():
             ex = self.executor(lane)
-            fn, payload = self._warm or (None, "")
-            jobs += [loop.run_in_executor(ex, _warm, fn, payload) for _ in range(stats.limit)]
-        await asyncio.gather(*jobs)
+            for _ in range(stats.limit):
+                ex.submit(_warm, fn, payload).add_done_callback(_report_warm_failure)
 
     def close(self) -> None:
         """Stop every running job (its flag is set), drop the queued ones and shut the executors down."""

@@ -671,7 +671,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await lanes.start()
+        lanes.start()
         try:
             yield
         finally:
