@@ -214,3 +214,23 @@ def test_the_page_reads_its_colours_from_the_one_style(client):
 
     js = (STATIC_DIR / "app.js").read_text()
     assert not [c for c in PAGE_STYLE["palette"] if c in js]  # no second copy of the palette in the page
+
+
+@pytest.mark.parametrize("lr_lambda, says", [(0.9, "walks straight"), (1.1, "zig-zags"), (1.95, "zig-zags"),
+                                             (2.05, "diverged")])
+def test_gd_on_the_valley_on_both_sides_of_1_and_2(lr_lambda, says):
+    """(1 - lr lambda)^k: no overshoot below lr lambda = 1, a sign flip every step above it, divergence above 2."""
+    said, out = _seeing({"surface": {"name": "valley"}, "steps": 300, "start": [-1.8, 0.6],
+                         "optimizers": [{"name": "gd", "label": "gd", "hyperparams": {"lr": lr_lambda / 25}}]})
+    assert any(says in s for s in said), said
+    assert out["runs"][0]["diverged"] == (lr_lambda > 2)
+    if says != "diverged":
+        assert any(f"lr × λmax = {lr_lambda:.3g}" in s for s in said)
+        assert not any(("zig-zags" if says == "walks straight" else "walks straight") in s for s in said)
+
+
+def test_no_diagonal_first_step_sentence_when_the_gradient_is_itself_diagonal():
+    """On the bowl at (1, 0.5) the gradient is (1, 1): Adam's sign step is the gradient's direction, nothing to say."""
+    said, _ = _seeing({"surface": {"name": "bowl"}, "start": [1.0, 0.5], "steps": 20,
+                       "optimizers": [{"name": "adam", "label": "adam", "hyperparams": {"lr": 0.05}}]})
+    assert not any("first step" in s for s in said)
