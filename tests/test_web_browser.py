@@ -307,10 +307,17 @@ def test_exports_png_json_and_python(page, server_url, tmp_path):
     png = tmp_path / "view.png"
     dl.value.save_as(png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    from ravine.plots.playground import DPI, FIGSIZE
+
+    assert Image.open(png).size == (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))  # the server's captioned figure
     pg.click("#btn-python")
     pg.wait_for_selector("#python-dialog[open]", timeout=10_000)
     code = pg.input_value("#python-code")
-    assert "sim.run(" in code and "rs.get('bowl')" in code
+    assert "sim.run(" in code and "rs.get('bowl')" in code and "playground_figure(" in code
+    colors = pg.evaluate("window.__ravine.state().optimizers.map(o => o.color)")
+    assert repr(colors) in code  # the page's colours
     compile(code, "snippet.py", "exec")
     pg.click("#btn-python-close")
     assert not pg.problems, "\n".join(pg.problems)
