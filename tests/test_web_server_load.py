@@ -27,7 +27,7 @@ from ravine._cli.serve import allowed_hosts
 from ravine.simulate import Stopped
 from ravine.web import create_app
 from ravine.web import models as m
-from ravine.web._serving import ClientGone, HostCheck, Lanes, LRUCache
+from ravine.web._serving import ClientGone, HostCheck, Lanes, LRUCache, WorkerLost
 
 #: A maximal request: 16 optimizers of 12 kinds (12 separately stepped batches) x 10000 steps.
 _NAMES = ["gd", "sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adam_l2", "adagrad", "lion", "adopt",
@@ -151,6 +151,28 @@ def test_a_small_job_completes_while_a_big_one_runs_and_a_left_client_stops_its_
     stats = lanes.stats["big"]
     assert (stats.finished, stats.stopped_running, stats.cancelled_queued, stats.running) == (1, 1, 1, 0)
     assert lanes.stats["small"].finished == 1
+
+
+def _dies(payload, should_stop, cache):
+    """A compute function that kills its worker process (as the out-of-memory killer would)."""
+    import os
+
+    os._exit(3)
+
+
+def test_a_dead_worker_process_fails_its_request_and_the_lane_recovers():
+    lanes = Lanes(workers=1, big_limit=1)
+
+    async def scenario():
+        with pytest.raises(WorkerLost, match="worker process computing this request died"):
+            await lanes.run("small", _dies, "x")
+        assert await lanes.run("small", _quick, "again") == b"small:again"
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        lanes.close()
+    assert (lanes.stats["small"].failed, lanes.stats["small"].finished) == (1, 1)
 
 
 # ------------------------------------------------------------------------------------------------ a real server

@@ -41,7 +41,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
@@ -184,6 +184,10 @@ def _warm(fn: WorkFn | None, payload: str) -> int:
 def _report_warm_failure(future: Any) -> None:
     if not future.cancelled() and future.exception() is not None:
         print(f"ravine serve: warning: a worker process failed to start: {future.exception()!r}", file=sys.stderr)
+
+
+class WorkerLost(RuntimeError):
+    """The worker process computing a request died; the lane's pool is replaced for the next request."""
 
 
 class ClientGone(Exception):
@@ -372,11 +376,12 @@ class Lanes:
         stats.running += 1
         if lane == "small":
             self._small_idle.clear()
+        executor = self.executor(lane)
         if self.mode == "threads":
             event = threading.Event()
             stop, slot = event.set, None
             should_stop = event.is_set if lane == "small" else self._yielding(event)
-            future = loop.run_in_executor(self.executor(lane), fn, payload, should_stop, self._run_cache)
+            future = loop.run_in_executor(executor, fn, payload, should_stop, self._run_cache)
         else:
             assert self._flags is not None
             slot = self._free_slots.pop()
@@ -386,7 +391,7 @@ class Lanes:
             def stop() -> None:
                 flags[slot] = 1
 
-            future = loop.run_in_executor(self.executor(lane), _in_worker, fn, payload, slot)
+            future = loop.run_in_executor(executor, _in_worker, fn, payload, slot)
         try:
             if gone is not None:
                 await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -397,6 +402,16 @@ class Lanes:
             except Stopped:
                 stats.stopped_running += 1
                 raise ClientGone from None
+            except BrokenExecutor as exc:  # a worker process died (killed, out of memory): start afresh
+                stats.failed += 1
+                with self._lock:
+                    if self._executors.get(lane) is executor:
+                        del self._executors[lane]
+                executor.shutdown(wait=False, cancel_futures=True)
+                raise WorkerLost(
+                    f"the worker process computing this request died ({exc}); the server starts a new one: "
+                    "send the request again"
+                ) from None
             except BaseException:
                 stats.failed += 1
                 raise
@@ -414,10 +429,6 @@ class Lanes:
 
 # ---------------------------------------------------------------------------------------------------
 # The Host check (DNS rebinding).
-
-#: Names that always mean this machine.
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-
 
 def _host_name(header: str) -> str:
     """The host of a ``Host`` header, without its port and brackets, lower case."""

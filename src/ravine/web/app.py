@@ -66,7 +66,7 @@ import ravine.surfaces as rs
 from ravine import __version__
 from ravine.curvature import critical_point_kind, max_stable_lr
 from ravine.web import models, teaching
-from ravine.web._serving import ClientGone, HostCheck, Lanes, LRUCache
+from ravine.web._serving import ClientGone, HostCheck, Lanes, LRUCache, WorkerLost
 
 #: The page's HTML, JS and CSS.
 STATIC_DIR = Path(__file__).with_name("static")
@@ -713,6 +713,8 @@ def create_app(
                 body = await run_in_threadpool(lambda: out_model.model_validate(fn(req)).model_dump_json().encode())
         except ClientGone:
             return Response(status_code=499)  # nobody reads it: the client has gone
+        except WorkerLost as exc:
+            return JSONResponse(status_code=503, content={"detail": str(exc), "message": str(exc)})
         except (ValueError, TypeError) as exc:
             # The library rejected a combination the models could not see (it names the argument).
             return _validation_response([{"loc": ["body"], "msg": str(exc), "type": "value_error"}])
