@@ -3,11 +3,12 @@
 Model: ``Sequential(Linear(64, 256), ReLU, Linear(256, 256), ReLU, Linear(256, 10))`` briefly trained
 with Adam; data: all 1797 digits (pixels / 16); loss: mean cross-entropy; float32.
 
-Compared in the same process, interleaved (``--repeats`` rounds, median reported):
+Compared in the same process, interleaved (``--repeats`` rounds per thread count, median reported):
 
-* ravine: ``ravine.landscape.plane(model, F.cross_entropy, (X, y), "filter", steps=41)`` (batched
-  ``vmap`` passes with the input-layer identity), the same with ``shortcut=False``, and with
-  ``vectorize=False`` (one pass over the data per point, input-layer identity kept);
+* ravine: ``ravine.landscape.plane(model, F.cross_entropy, (X, y), "filter", steps=41)`` as a user
+  calls it (on a CPU: one pass over the data per point, with the input-layer identity), the same with
+  ``shortcut=False`` (every layer computed per point), and with ``vectorize=True`` (batched ``vmap``
+  passes, the accelerator default, with the identity);
 * peer: the ``loss-landscapes`` package's ``random_plane(model, Loss(F.cross_entropy, X, y),
   distance=1, steps=41, normalization="filter", deepcopy_model=True)``, one point per forward pass,
   walking the weights in place: as shipped (its metric's forward records an autograd graph, since
@@ -20,8 +21,12 @@ Effective throughput counts the matmul FLOPs of a full forward per grid point,
 the throughput of a large float32 matmul (2048 x 2048) measured in the same run: the physical limit.
 The machine is shared: absolute times are noisy, the ratios measured in one run are what to report.
 
-Run: ``.venv/bin/python benchmarks/landscape.py [--steps 41] [--repeats 2] [--threads N]``
-(needs ``pip install loss-landscapes``; the peer is never imported by the library).
+Times: wall-clock seconds (the speed-up column) and CPU seconds (``time.process_time``, all threads:
+at one thread the figure least disturbed by other processes on a shared machine).
+
+Run: ``.venv/bin/python benchmarks/landscape.py [--steps 41] [--repeats 3] [--threads 1 2]``
+(needs ``pip install loss-landscapes``, in the ``bench`` extra; the peer is never imported by the
+library).
 """
 
 from __future__ import annotations
@@ -81,10 +86,10 @@ def forward_ms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int = 2
     return best * 1e3
 
 
-def run_ravine(model, x, y, steps, shortcut=True, vectorize=True):
-    t = time.perf_counter()
-    res = L.plane(model, F.cross_entropy, (x, y), "filter", steps=steps, shortcut=shortcut, vectorize=vectorize)
-    return time.perf_counter() - t, res
+def run_ravine(model, x, y, steps, **kw):
+    t, c = time.perf_counter(), time.process_time()
+    res = L.plane(model, F.cross_entropy, (x, y), "filter", steps=steps, **kw)
+    return time.perf_counter() - t, time.process_time() - c, res
 
 
 def run_peer(model, x, y, steps, grad):
@@ -92,7 +97,7 @@ def run_peer(model, x, y, steps, grad):
     import loss_landscapes.metrics
 
     metric = loss_landscapes.metrics.Loss(F.cross_entropy, x, y)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     if grad:
         out = loss_landscapes.random_plane(
             model, metric, distance=1, steps=steps, normalization="filter", deepcopy_model=True
@@ -102,30 +107,20 @@ def run_peer(model, x, y, steps, grad):
             out = loss_landscapes.random_plane(
                 model, metric, distance=1, steps=steps, normalization="filter", deepcopy_model=True
             )
-    return time.perf_counter() - t, out
+    return time.perf_counter() - t, time.process_time() - c, out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=41)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: torch's)")
     ap.add_argument("--no-peer", action="store_true", help="skip loss-landscapes")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     x, y = digits()
     model = trained_mlp(x, y)
     n, points = len(x), args.steps**2
     flops_point = 2 * n * (64 * 256 + 256 * 256 + 256 * 10)
-    peak = matmul_gflops()
-    fwd = forward_ms(model, x, y)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {n} samples; grid {args.steps}x{args.steps}")
-    print(
-        f"matmul 2048^3 float32: {peak:.1f} GFLOP/s; one forward over the data: {fwd:.2f} ms "
-        f"({flops_point / fwd / 1e6:.1f} GFLOP/s)"
-    )
-
     peer_ok = not args.no_peer
     if peer_ok:
         try:
@@ -133,45 +128,57 @@ def main(argv=None) -> int:
         except ImportError:
             print("loss-landscapes is not installed (pip install loss-landscapes); peer skipped")
             peer_ok = False
-
-    times: dict[str, list[float]] = {
-        "ravine": [],
-        "ravine (shortcut off)": [],
-        "ravine per-point": [],
-        "loss-landscapes": [],
-        "loss-landscapes no_grad": [],
+    methods = {
+        "ravine (default)": lambda: run_ravine(model, x, y, args.steps),
+        "ravine, shortcut off": lambda: run_ravine(model, x, y, args.steps, shortcut=False),
+        "ravine, vmap": lambda: run_ravine(model, x, y, args.steps, vectorize=True),
     }
-    res = None
-    for r in range(args.repeats):
-        dt, res = run_ravine(model, x, y, args.steps)
-        times["ravine"].append(dt)
-        dt, _ = run_ravine(model, x, y, args.steps, shortcut=False)
-        times["ravine (shortcut off)"].append(dt)
-        dt, res_loop = run_ravine(model, x, y, args.steps, vectorize=False)
-        times["ravine per-point"].append(dt)
-        if peer_ok:
-            times["loss-landscapes"].append(run_peer(model, x, y, args.steps, grad=True)[0])
-            times["loss-landscapes no_grad"].append(run_peer(model, x, y, args.steps, grad=False)[0])
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items() if v), flush=True)
-
-    # sanity: the centre of our grid is the model's own loss
+    if peer_ok:
+        methods["loss-landscapes"] = lambda: run_peer(model, x, y, args.steps, grad=True)
+        methods["loss-landscapes no_grad"] = lambda: run_peer(model, x, y, args.steps, grad=False)
     with torch.no_grad():
         own = float(F.cross_entropy(model(x), y))
-    c = args.steps // 2
-    assert abs(res.loss[c, c] - own) <= 1e-5 * max(1.0, own), (res.loss[c, c], own)
-    assert abs(res_loop.loss - res.loss).max() <= 1e-4 * max(1.0, own)
-
-    print()
-    print(f"{'method':<24}{'total s':>9}{'ms/point':>10}{'GFLOP/s':>9}{'% matmul':>10}{'speedup':>9}")
-    base = statistics.median(times["loss-landscapes"]) if times["loss-landscapes"] else None
-    for name, v in times.items():
-        if not v:
-            continue
-        med = statistics.median(v)
-        gf = points * flops_point / med / 1e9
-        sp = f"{base / med:.2f}x" if base else "-"
-        print(f"{name:<24}{med:>9.2f}{med / points * 1e3:>10.3f}{gf:>9.1f}{100 * gf / peak:>9.0f}%{sp:>9}")
-    print(f"ravine path: {res.info['path']}, input-layer shortcut on {res.info['shortcut_layers']}")
+    print(f"torch {torch.__version__}; {n} samples; grid {args.steps}x{args.steps}")
+    for threads in args.threads or [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        peak = matmul_gflops()
+        fwd = forward_ms(model, x, y)
+        print(
+            f"\n{threads} thread(s): matmul 2048^3 float32 {peak:.1f} GFLOP/s; one forward over the data "
+            f"{fwd:.2f} ms ({flops_point / fwd / 1e6:.1f} GFLOP/s)"
+        )
+        walls: dict[str, list[float]] = {k: [] for k in methods}
+        cpus: dict[str, list[float]] = {k: [] for k in methods}
+        results = {}
+        for r in range(args.repeats):  # interleaved: load changes hit every method alike
+            for name, run in methods.items():
+                wall, cpu, out = run()
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+                results[name] = out
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in walls.items()), flush=True)
+        # sanity: the grid's centre is the model's own loss; every ravine path agrees to float32 rounding
+        c = args.steps // 2
+        default = results["ravine (default)"]
+        assert abs(default.loss[c, c] - own) <= 1e-5 * max(1.0, own), (default.loss[c, c], own)
+        for name in ("ravine, shortcut off", "ravine, vmap"):
+            assert abs(results[name].loss - default.loss).max() <= 1e-4 * max(1.0, own), name
+        print(
+            f"{'method':<26}{'total s':>9}{'ms/point':>10}{'CPU ms/pt':>11}{'GFLOP/s':>9}{'% matmul':>10}"
+            f"{'speed-up':>10}{'CPU ratio':>11}"
+        )
+        base = statistics.median(walls["loss-landscapes"]) if peer_ok else None
+        base_cpu = statistics.median(cpus["loss-landscapes"]) if peer_ok else None
+        for name in methods:
+            med, cmed = statistics.median(walls[name]), statistics.median(cpus[name])
+            gf = points * flops_point / med / 1e9
+            sp = f"{base / med:.2f}x" if base else "-"
+            cr = f"{base_cpu / cmed:.2f}x" if base_cpu else "-"
+            print(
+                f"{name:<26}{med:>9.2f}{med / points * 1e3:>10.3f}{cmed / points * 1e3:>11.3f}{gf:>9.1f}"
+                f"{100 * gf / peak:>9.0f}%{sp:>10}{cr:>11}"
+            )
+        print(f"ravine default path: {default.info['path']}, input-layer identity on {default.info['shortcut_layers']}")
     return 0
 
 

@@ -142,3 +142,49 @@ def test_model_left_untouched_by_the_fast_path():
     assert model.training and all("forward" not in m.__dict__ for m in model.modules())
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+class Tied(nn.Module):
+    """The same weight used by two layers (registered twice): each point's weights go through
+    ``functional_call``, which unties them, instead of into the parameter slots."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(12, 12)
+        self.b = nn.Linear(12, 12)
+        self.b.weight = self.a.weight
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def test_tied_weights_move_together():
+    torch.manual_seed(18)
+    model = Tied()
+    x, y = data32(seed=19)
+    d = L.random_directions(model, n=2, seed=20)
+    res = L.plane(model, F.cross_entropy, (x, y), d, steps=4)
+    assert res.info["path"] == "loop"
+    ref = direct(model, F.cross_entropy, x, y, d.vectors, plane_coords(res)).reshape(res.loss.shape)
+    np.testing.assert_allclose(res.loss, ref, rtol=RTOL32, atol=0)
+    assert model.b.weight is model.a.weight
+
+
+def test_parameters_restored_when_a_point_fails():
+    model = mlp32(seed=21)
+    x, y = data32(seed=22)
+    params = [p for p in model.parameters()]
+    calls = []
+
+    def failing(out, target):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("loss failed at the third point")
+        return F.cross_entropy(out, target)
+
+    with pytest.raises(RuntimeError, match="third point"):
+        L.plane(model, failing, (x, y), steps=3)
+    assert all(a is b for a, b in zip(model.parameters(), params))
+    assert all(isinstance(p, nn.Parameter) for p in model.parameters())
+    assert all("forward" not in m.__dict__ for m in model.modules())

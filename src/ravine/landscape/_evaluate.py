@@ -266,7 +266,7 @@ class _Evaluator:
     """Evaluates mean loss (and metric) at points ``w0 + sum_k c_k d_k`` for a block of coefficients.
 
     Paths: ``"vmap"`` (``vmap`` of ``functional_call`` over stacked parameter sets, with the
-    input-layer identity where it applies) or ``"loop"`` (one ``functional_call`` per point). With
+    input-layer identity where it applies) or ``"loop"`` (one call of the model per point). With
     ``batch_norm="eval"`` the loss of a batch is an exact size-weighted mean of its parts, so a batch
     may be split into micro-batches; with ``"recompute"`` batches are kept whole (the statistics are
     those of the batch).
@@ -290,6 +290,7 @@ class _Evaluator:
         self.vectorize_probe = not vectorize  # a per-point loop by choice may still use the identity
         self.loop_layers: set[tuple[str, int]] | None = None
         self.loop_terms: list[tuple[str, Tensor, list[tuple[int, Tensor]]]] | None = None
+        self.slots: list[tuple[nn.Module, str]] | None = None  # parameter slots of the per-point loop
         layers = _patchable(model, centre, shortcut)
         self.shortcut = _InputLayerShortcut(layers, centre, dirs, cacheable, self.budget // 4)
         self.param_bytes = sum(p.numel() * p.element_size() for p in centre.values())
@@ -383,6 +384,34 @@ class _Evaluator:
         used, sc.used, sc.used_calls = set(sc.used_calls), set(), set()
         return used
 
+    @contextlib.contextmanager
+    def _placed(self, p: dict[str, Tensor]) -> Iterator[Callable[[Tensor], Any]]:
+        """The model with the point's tensors ``p`` as its parameters, as a function of the input.
+
+        When every parameter is registered once (no tied weights), the tensors are put in the owning
+        modules' parameter slots for the point and the originals put back afterwards: the model
+        itself is called, without ``functional_call``'s per-call bookkeeping. Otherwise (tied
+        weights, which ``functional_call`` unties) each call goes through ``functional_call``.
+        """
+        if self.slots is None:
+            names = [n for n, _ in self.model.named_parameters(remove_duplicate=False)]
+            self.slots = []
+            if names == list(self.centre):
+                for n in names:
+                    owner, _, attr = n.rpartition(".")
+                    self.slots.append((self.model.get_submodule(owner), attr))
+        if not self.slots:
+            yield lambda x: functional_call(self.model, (p, self.buffers), (x,))
+            return
+        originals = [m._parameters[a] for m, a in self.slots]
+        try:
+            for (m, a), t in zip(self.slots, p.values()):
+                m._parameters[a] = t
+            yield self.model
+        finally:
+            for (m, a), t in zip(self.slots, originals):
+                m._parameters[a] = t
+
     def _terms(self) -> list[tuple[str, Tensor, list[tuple[int, Tensor]]]]:
         """Per parameter: its name, its centre and the directions that move it (``(k, d_k)``, nonzero)."""
         if self.loop_terms is None:
@@ -392,7 +421,7 @@ class _Evaluator:
         return self.loop_terms
 
     def _loop(self, coeffs: Tensor, n_total: int) -> tuple[Tensor, Tensor]:
-        """One ``functional_call`` per point; the input-layer identity only for the layers the probe
+        """One call of the model per point; the input-layer identity only for the layers the probe
         found (when batching works but was not asked for).
 
         A point's parameters are ``(w0 + c_2 d_2) + c_1 d_1``, the bracket built once per row of the
@@ -422,15 +451,16 @@ class _Evaluator:
                         for (n, _, moves), base in zip(terms, bases)
                     }
                     sizes.clear()
-                    for bi, (x, y) in enumerate(self.batches()):
-                        sc.scalars, sc.calls, sc.key = row, {}, (bi, 0, len(x))
-                        try:
-                            loss, met = self._values(functional_call(self.model, (p, self.buffers), (x,)), y)
-                        finally:
-                            sc.scalars = None
-                        losses.append(loss)
-                        mets.append(met)
-                        sizes.append(len(y))
+                    with self._placed(p) as call:
+                        for bi, (x, y) in enumerate(self.batches()):
+                            sc.scalars, sc.calls, sc.key = row, {}, (bi, 0, len(x))
+                            try:
+                                loss, met = self._values(call(x), y)
+                            finally:
+                                sc.scalars = None
+                            losses.append(loss)
+                            mets.append(met)
+                            sizes.append(len(y))
         finally:
             sc.allowed = None
         weights = torch.tensor(sizes, dtype=torch.float64, device=coeffs.device)
