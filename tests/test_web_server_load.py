@@ -27,7 +27,7 @@ from ravine._cli.serve import allowed_hosts
 from ravine.simulate import Stopped
 from ravine.web import create_app
 from ravine.web import models as m
-from ravine.web._serving import ClientGone, HostCheck, Lanes, LRUCache, WorkerLost
+from ravine.web._serving import ClientGone, HostCheck, Lanes, LRUCache, SharedWork, WorkerLost
 
 #: A maximal request: 16 optimizers of 12 kinds (12 separately stepped batches) x 10000 steps.
 _NAMES = ["gd", "sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adam_l2", "adagrad", "lion", "adopt",
@@ -151,6 +151,53 @@ def test_a_small_job_completes_while_a_big_one_runs_and_a_left_client_stops_its_
     stats = lanes.stats["big"]
     assert (stats.finished, stats.stopped_running, stats.cancelled_queued, stats.running) == (1, 1, 1, 0)
     assert lanes.stats["small"].finished == 1
+
+
+def test_identical_requests_in_flight_share_one_job_which_stops_when_all_their_clients_left():
+    lanes = Lanes(workers=0)
+    shared = SharedWork(lanes)
+    release, started = threading.Event(), threading.Event()
+    fn = _blocking(release, started)
+
+    def leaving(event: asyncio.Event):
+        async def receive():
+            await event.wait()
+            return {"type": "http.disconnect"}
+
+        return receive
+
+    async def scenario():
+        first = asyncio.ensure_future(shared.run("k", "big", fn, "1", leaving(asyncio.Event())))
+        await asyncio.to_thread(started.wait, 30)
+        second = asyncio.ensure_future(shared.run("k", "big", fn, "1", leaving(asyncio.Event())))
+        await asyncio.sleep(0)
+        assert shared.shared == 1
+        release.set()
+        assert await first == await second == b"big:1"
+        assert lanes.stats["big"].finished == 1  # computed once for both
+
+        release.clear()
+        started.clear()
+        left_a, left_b = asyncio.Event(), asyncio.Event()
+        a = asyncio.ensure_future(shared.run("k", "big", fn, "2", leaving(left_a)))
+        await asyncio.to_thread(started.wait, 30)
+        b = asyncio.ensure_future(shared.run("k", "big", fn, "2", leaving(left_b)))
+        await asyncio.sleep(0)
+        left_a.set()  # one client leaves: the job goes on for the other
+        with pytest.raises(ClientGone):
+            await a
+        assert lanes.stats["big"].running == 1 and lanes.stats["big"].stopped_running == 0
+        left_b.set()  # the last one leaves: the job stops
+        with pytest.raises(ClientGone):
+            await b
+        while lanes.stats["big"].running:
+            await asyncio.sleep(0.01)
+        assert lanes.stats["big"].stopped_running == 1 and shared.shared == 2
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        lanes.close()
 
 
 def _dies(payload, should_stop, cache):

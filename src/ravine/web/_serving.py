@@ -28,6 +28,10 @@ and returns the encoded response; each process keeps its own cache of runs.
 disconnects, a queued job is dropped before it starts and a running one is flagged (and its lane slot is
 freed only once the work has stopped). :class:`LaneStats` counts what each lane finished and stopped
 (``GET /api/load``).
+
+**Sharing.** Identical requests in flight share one job (:class:`SharedWork`: a class loading the same preset
+at once computes it once); the job stops only when all of its clients have left. Identical requests after
+it are answered from the response cache.
 """
 
 from __future__ import annotations
@@ -320,7 +324,8 @@ class Lanes:
             return sorted(pid for ex in self._executors.values() for pid in (getattr(ex, "_processes", None) or {}))
 
     def snapshot(self) -> dict[str, Any]:
-        """``{"mode", "workers", "pids", "lanes": {lane: LaneStats as a dict}}``."""
+        """``{"mode", "workers", "pids", "lanes": {lane: LaneStats as a dict}}`` (:class:`SharedWork` adds
+        ``shared``)."""
         lanes = {k: asdict(v) for k, v in self.stats.items()}
         return {"mode": self.mode, "workers": self.workers, "pids": self.pids(), "lanes": lanes}
 
@@ -425,6 +430,90 @@ class Lanes:
                 self._small_idle.set()
             if slot is not None:
                 self._free_slots.append(slot)
+
+
+class _Flight:
+    """One computation in flight and the requests waiting for it."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self.waiters = 0
+        self.all_gone = asyncio.Event()
+
+    async def receive(self) -> dict:
+        """The job's "receive" channel: it disconnects when every waiting client has."""
+        await self.all_gone.wait()
+        return {"type": "http.disconnect"}
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()  # a flight whose clients all left ends in ClientGone, which nobody awaits
+
+
+class SharedWork:
+    """Identical requests in flight share one computation (a class loading the same preset at once).
+
+    The first request of a key starts the job in its lane; the others with the same key wait for the same
+    job. The job is stopped only when every one of its clients has disconnected; a request that comes after
+    that starts a new job. ``shared`` counts the requests that joined a job already in flight.
+
+    Args:
+        lanes: the lanes the jobs run in.
+    """
+
+    def __init__(self, lanes: Lanes):
+        self.lanes = lanes
+        self.shared = 0
+        self._flights: dict[str, _Flight] = {}
+
+    async def run(
+        self, key: str, lane: str, fn: WorkFn, payload: str, receive: Callable[[], Awaitable[dict]] | None = None
+    ) -> bytes:
+        """:meth:`Lanes.run` of ``fn(payload)``, shared by the requests in flight with the same ``key``.
+
+        Args:
+            key: what makes two requests identical (the kind and the canonical request JSON).
+            lane: ``"small"`` or ``"big"``.
+            fn: the compute function.
+            payload: the request as JSON.
+            receive: this request's ASGI receive channel, watched for its client's disconnect.
+
+        Returns:
+            The encoded response.
+
+        Raises:
+            ClientGone: this client disconnected (the job goes on while other clients wait for it).
+        """
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = _Flight()
+            flight.task = asyncio.ensure_future(self.lanes.run(lane, fn, payload, flight.receive))
+            flight.task.add_done_callback(_retrieve)
+            flight.task.add_done_callback(lambda _t, k=key, f=flight: self._drop(k, f))
+            self._flights[key] = flight
+        else:
+            self.shared += 1
+        assert flight.task is not None
+        flight.waiters += 1
+        gone = asyncio.ensure_future(_until_disconnect(receive)) if receive is not None else None
+        try:
+            await asyncio.wait({flight.task, gone} if gone is not None else {flight.task},
+                               return_when=asyncio.FIRST_COMPLETED)
+            if flight.task.done():
+                return flight.task.result()
+            raise ClientGone
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and not flight.task.done():
+                self._drop(key, flight)  # a request that comes now starts afresh
+                flight.all_gone.set()
+            if gone is not None:
+                gone.cancel()
+
+    def _drop(self, key: str, flight: _Flight) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ import ravine.surfaces as rs
 from ravine import __version__
 from ravine.curvature import critical_point_kind, max_stable_lr
 from ravine.web import models, teaching
-from ravine.web._serving import ClientGone, HostCheck, Lanes, LRUCache, WorkerLost
+from ravine.web._serving import ClientGone, HostCheck, Lanes, LRUCache, SharedWork, WorkerLost
 
 #: The page's HTML, JS and CSS.
 STATIC_DIR = Path(__file__).with_name("static")
@@ -687,6 +687,7 @@ def create_app(
         "which calls ravine.surfaces and ravine.simulate.",
         lifespan=lifespan,
     )
+    shared = SharedWork(lanes)  # identical requests in flight share one computation
     app.state.lanes = lanes
     app.state.cache = cache
     app.state.run_cache = run_cache
@@ -696,7 +697,8 @@ def create_app(
     async def in_lane(kind: str, payload: str, small: bool, request: Request | None) -> bytes:
         """``_work(kind, payload)`` in its lane; raises ClientGone if the client left first."""
         receive = request.receive if request is not None else None
-        return await lanes.run("small" if small else "big", functools.partial(_work, kind), payload, receive)
+        work = functools.partial(_work, kind)
+        return await shared.run(f"{kind}:{payload}", "small" if small else "big", work, payload, receive)
 
     async def computed(
         kind: str, req: Any, fn: Callable[[Any], Any], out_model: type, request: Request | None = None
@@ -768,7 +770,7 @@ def create_app(
 
     @app.get("/api/load", summary="The compute lanes: requests waiting and running, and how requests ended")
     def load() -> dict[str, Any]:
-        return lanes.snapshot()
+        return {**lanes.snapshot(), "shared": shared.shared}
 
     @app.get("/api/surfaces", response_model=list[models.SurfaceOut], summary="Built-in surfaces")
     async def surfaces(
