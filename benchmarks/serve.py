@@ -14,6 +14,8 @@ the page sends most: 6 optimizers (gd, momentum, nesterov, rmsprop, adam, adamw)
     is still running (``GET /api/load``). Target: never more than 100 ms.
 (d) four maximal requests whose clients disconnect at once: the delay of the next small requests, and how long
     the server takes to stop the abandoned work (``stopped_running`` at ``GET /api/load``).
+(e) every client sends the same request at once (a class clicking the same preset): how many times it is
+    computed (identical requests in flight share one computation) and the latency.
 
 Latency is the client's wall time; "compute" is the server's ``elapsed_ms`` (``ravine.simulate.run`` plus
 conversion). Absolute times depend on the machine and its load; compare figures printed by the same run.
@@ -212,6 +214,8 @@ def measure(workers: int | None, a: argparse.Namespace) -> dict:
             class_load(base, a, workers, out)
         if "c" in a.phases or "d" in a.phases:
             small_under_big(base, port, a, out)
+        if "e" in a.phases:
+            same_preset(base, a, out)
         return out
     finally:
         proc.terminate()
@@ -230,6 +234,30 @@ def class_load(base: str, a: argparse.Namespace, workers: int | None, out: dict)
           f"{'met' if out['p95'] < 1000 else 'NOT met'}); compute p50 {pct(b['comp'], 50):.1f} ms")
     for e in b["errors"][:3]:
         print(f"      {e}")
+
+
+def same_preset(base: str, a: argparse.Namespace, out: dict) -> None:
+    """(e): every client sends the same request at once (a class clicking the same preset)."""
+
+    async def burst() -> list[float]:
+        req = make_request(0.0123, a.steps, jitter=0.4321)  # not asked before: nothing cached
+        limits = httpx.Limits(max_connections=a.clients + 4)
+        async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as c:
+            async def one() -> float:
+                t = time.perf_counter()
+                (await c.post("/api/trajectories", json=req)).raise_for_status()
+                return (time.perf_counter() - t) * 1e3
+
+            return await asyncio.gather(*(one() for _ in range(a.clients)))
+
+    before = httpx.get(base + "/api/load").json()
+    lat = asyncio.run(burst())
+    after = httpx.get(base + "/api/load").json()
+    computed = after["lanes"]["small"]["finished"] - before["lanes"]["small"]["finished"]
+    out.update(preset_p95=pct(lat, 95))
+    print(f"(e) {a.clients} clients send the same request at once: computed {computed} time(s), "
+          f"{after['shared'] - before['shared']} joined it in flight, the rest answered from the cache; "
+          f"latency p50 {pct(lat, 50):.0f} ms, max {max(lat):.0f} ms")
 
 
 def small_under_big(base: str, port: int, a: argparse.Namespace, out: dict) -> None:
@@ -286,7 +314,7 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--per-client", type=int, default=20)
     ap.add_argument("--small", type=int, default=20, help="small requests measured in (c) and (d)")
-    ap.add_argument("--phases", default="abcd", help="which of (a) (b) (c) (d) to run, e.g. 'cd'")
+    ap.add_argument("--phases", default="abcde", help="which of (a) to (e) to run, e.g. 'cd'")
     ap.add_argument("--quick", action="store_true", help="(a) 20 requests, (b) 50 clients x 2 requests")
     a = ap.parse_args()
     if a.quick:
