@@ -110,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{args.port}/"
     if host not in ("127.0.0.1", "::1"):
-        print(f"ravine serve: warning: listening on {host}, reachable from other machines")
+        shown_names = ", ".join(names) + (", any IP address" if any_ip else "")
+        print(f"ravine serve: warning: listening on {host}, reachable from other machines; answering to the "
+              f"Host names {shown_names} (--allowed-host adds one)")
     where = f"{args.workers} worker processes" if args.workers else "threads of this process"
     print(f"Ravine playground at {url}  (API docs: {url}docs; computing in {where}; Ctrl+C to stop)", flush=True)
     if args.open:
