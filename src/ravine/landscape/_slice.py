@@ -310,8 +310,11 @@ def line(
     input-layer identity where it applies (see the module docstring). ``vectorize``: ``True`` batches
     grid points through ``vmap``, ``False`` evaluates one point per pass; ``None`` (default) picks per
     point on CPU (measured faster there: each point has its own weights, so batching adds no reuse and
-    one large matmul per layer beats a batched one) and ``vmap`` on accelerators. The model is left
-    exactly as found.
+    one large matmul per layer beats a batched one) and ``vmap`` on accelerators. One pass per point
+    keeps the input-layer identity where its products can be cached (tensor data within a quarter of
+    ``max_memory_mb``), forms each grid row's ``w0 + b d2`` once and puts each point's tensors in the
+    model's parameter slots for the call (``functional_call`` when weights are tied). The model is
+    left exactly as found.
     """
     return _slice(
         "line",
