@@ -297,15 +297,16 @@ def _eos_config(**kw):
 
 
 def test_new_fields_leave_the_hash_of_older_configs_unchanged():
-    """A config written before sharpness_every/sharpness_k/loss existed keeps its hash: the pinned hash of
-    the default config from before, and the same SHA-256 of the canonical JSON without the new keys."""
+    """A config written before sharpness_every/sharpness_k/loss/world_size existed keeps its hash: the pinned
+    hash of the default config from before, and the same SHA-256 of the canonical JSON without the new keys."""
     import hashlib
 
     from ravine.experiments import TrainConfig
 
     cfg = TrainConfig()
     assert cfg.run_id() == "de89f6804671"  # TrainConfig().run_id() at ac18057, before the new fields
-    old = {k: v for k, v in cfg.to_dict().items() if k not in ("sharpness_every", "sharpness_k", "loss", "tensorboard")}
+    new = ("sharpness_every", "sharpness_k", "loss", "world_size", "tensorboard")
+    old = {k: v for k, v in cfg.to_dict().items() if k not in new}
     blob = json.dumps(old, sort_keys=True, separators=(",", ":"))
     assert cfg.run_id() == hashlib.sha256(blob.encode()).hexdigest()[:12]
     assert len({cfg.run_id(), cfg.replace(sharpness_every=5).run_id(), cfg.replace(loss="mse").run_id()}) == 3

@@ -36,6 +36,7 @@ _COUNTS = {
     "hessian_samples": POSITIVE,
     "sharpness_every": NATURAL,
     "sharpness_k": POSITIVE,
+    "world_size": Interval(int, 1, 64),
     "eval_batch_size": POSITIVE,
     "seed": NATURAL,
     "data_seed": NATURAL,
@@ -98,6 +99,11 @@ class TrainConfig:
       (the square loss on one-hot targets, ``0.5 ||logits - onehot(y)||^2`` summed over classes and
       averaged over positions: Cohen et al. 2021's loss for the Edge of Stability).
     - ``seed`` [0], ``device`` ["cpu"], ``dtype`` ["float32"; also "float64", "bfloat16", "float16"].
+    - ``world_size`` [1]: train with ``DistributedDataParallel`` on this many processes (gloo on CPU,
+      nccl on CUDA; 1 to 64): each rank computes its share of every global batch of ``batch_size``,
+      DDP averages the gradients, and rank 0 (the calling process) records and checkpoints; the
+      others are spawned and write nothing. Part of the run id when not 1 (the numbers equal one
+      process's only to float rounding).
     - ``divergence_loss`` [None]: a finite loss above this also counts as divergence.
     - ``init_from`` [None]: ``{"run": dir, "step": k or None, "restore": "weights" | "all"}``: start from
       another run's checkpoint. ``"weights"`` loads matching weights only (fine-tuning; parameters
@@ -135,11 +141,12 @@ class TrainConfig:
     sharpness_every: int = 0
     sharpness_k: int = 1
     loss: str = "cross_entropy"
+    world_size: int = 1
 
     HASH_EXCLUDE = ("tensorboard",)
     # fields added after runs were stored: left out of the hash while at these defaults, so every
     # config written before they existed keeps its hash (and its run directory)
-    HASH_DEFAULTS = {"sharpness_every": 0, "sharpness_k": 1, "loss": "cross_entropy"}
+    HASH_DEFAULTS = {"sharpness_every": 0, "sharpness_k": 1, "loss": "cross_entropy", "world_size": 1}
 
     def __post_init__(self) -> None:
         for name in ("data", "model", "optimizer", "device"):
@@ -152,6 +159,11 @@ class TrainConfig:
         for name, interval in _COUNTS.items():
             if name != "batch_size" or self.batch_size is not None:
                 integer(name, getattr(self, name), interval)
+        if self.batch_size is not None and self.batch_size < self.world_size:
+            raise ValueError(
+                f"batch_size must be at least world_size ({self.world_size}: every rank computes a share of "
+                f"each global batch), got {self.batch_size}"
+            )
         if self.schedule is not None and not isinstance(self.schedule, str):
             raise TypeError(f"schedule must be a string or None, got {self.schedule!r}")
         check("dtype", self.dtype, Options(DTYPES))

@@ -413,7 +413,14 @@ class _Training:
     start: int = 0  # the step training continues after
     elapsed: float = 0.0
     skipped_total: int = 0
-    monitor: Any = None  # ravine.curvature.SharpnessMonitor when config.sharpness_every > 0
+    monitor: Any = None  # ravine.curvature.SharpnessMonitor when config.sharpness_every > 0 (rank 0)
+    rank: int = 0  # this process's rank when config.world_size > 1
+    net: nn.Module | None = None  # the DistributedDataParallel wrapper the forward pass goes through
+
+    @property
+    def forward(self) -> nn.Module:
+        """The module a training batch goes through: the DDP wrapper when there is one."""
+        return self.net if self.net is not None else self.model
 
     @property
     def clip_in_chain(self) -> bool:
@@ -454,10 +461,13 @@ def _clear(run_dir: Path) -> None:
 
 
 def _setup(
-    config: TrainConfig, run_dir: Path, factory: Callable[[nn.Module], Any] | None
+    config: TrainConfig, run_dir: Path, factory: Callable[[nn.Module], Any] | None, rank: int = 0
 ) -> tuple[_Training, dict[str, Any]]:
-    """Data, model, optimizer, schedule and sampler, seeded; and the model's spec. Call inside fork_rng."""
-    device = torch.device(config.device)
+    """Data, model, optimizer, schedule and sampler, seeded; and the model's spec. Call inside fork_rng.
+
+    With ``config.world_size > 1`` (inside the process group) the model is wrapped in
+    ``DistributedDataParallel`` and only rank 0 gets the sharpness monitor (only rank 0 records)."""
+    device = _device(config, rank)
     dtype = DTYPES[config.dtype]
     dataset = _data.load(config.data, seed=config.data_seed, **config.data_kwargs)
     torch.manual_seed(config.seed)
@@ -479,8 +489,13 @@ def _setup(
         ratios=_lr_ratios(opt, base_lr),
         sampler=dataset.sampler(config.batch_size, seed=config.seed),
         params=[p for g in opt.param_groups for p in g["params"]],
+        rank=rank,
     )
-    if config.sharpness_every:
+    if config.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        training.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.sharpness_every and rank == 0:
         from ravine.curvature import SharpnessMonitor
 
         training.monitor = SharpnessMonitor(
@@ -488,6 +503,14 @@ def _setup(
         )
     torch.manual_seed(config.seed + 1)  # dropout
     return training, spec
+
+
+def _device(config: TrainConfig, rank: int) -> torch.device:
+    """The run's device; under DDP on CUDA, rank r uses GPU r."""
+    device = torch.device(config.device)
+    if config.world_size > 1 and device.type == "cuda":
+        return torch.device("cuda", rank)
+    return device
 
 
 def _curvature_data(training: _Training) -> tuple[torch.Tensor, torch.Tensor]:
@@ -513,25 +536,28 @@ def _load_init(model: nn.Module, init_from: dict[str, Any], device: torch.device
 
 def _restore(training: _Training, resume: bool) -> None:
     """Continue from this run's latest checkpoint, or start from ``init_from``, or from scratch; the
-    metrics file keeps exactly the records up to the starting step."""
+    metrics file keeps exactly the records up to the starting step (rank 0 writes it; the other ranks
+    of a DDP run only read the checkpoint)."""
     metrics_path = training.run_dir / "metrics.jsonl"
+    lead = training.rank == 0
     ckpts = _runs.list_checkpoints(training.run_dir) if resume else []
     state = None
+    keep = -1  # the last step whose records are kept
     if ckpts:  # the latest good checkpoint: a damaged one is skipped with a warning naming its file
         training.start, weights, state = _runs.load_checkpoint(training.run_dir, map_location=training.device)
         training.model.load_state_dict(weights)
-        _runs.truncate_metrics(metrics_path, training.start)
+        keep = training.start
     elif training.config.init_from is not None:
         parent_step, state = _load_init(training.model, training.config.init_from, training.device)
         if state is not None:  # restore="all": continue the parent's records
             training.start = parent_step
-            parent = _runs.read_jsonl(Path(training.config.init_from["run"]) / "metrics.jsonl")
-            kept = [r for r in parent if int(r.get("step", 0)) <= training.start]
-            _runs.atomic_write_text(metrics_path, "".join(_runs._encode_record(r) + "\n" for r in kept))
-        else:
-            _runs.truncate_metrics(metrics_path, -1)
-    else:
-        _runs.truncate_metrics(metrics_path, -1)
+            if lead:
+                parent = _runs.read_jsonl(Path(training.config.init_from["run"]) / "metrics.jsonl")
+                kept = [r for r in parent if int(r.get("step", 0)) <= training.start]
+                _runs.atomic_write_text(metrics_path, "".join(_runs._encode_record(r) + "\n" for r in kept))
+            keep = None
+    if lead and keep is not None:
+        _runs.truncate_metrics(metrics_path, keep)
     if state is not None:
         training.load_state(state)
 
@@ -610,13 +636,14 @@ def _step(training: _Training, step: int) -> dict[str, Any]:
         for g, r in zip(training.opt.param_groups, training.ratios):
             g["lr"] = lr_now * r
     xb, yb = training.sampler.next()
+    xb, yb, share = _shard(training, xb, yb)
     xb = xb.to(training.device, non_blocking=True)
     if xb.is_floating_point():
         xb = xb.to(training.dtype)
     yb = yb.to(training.device, non_blocking=True)
     training.opt.zero_grad(set_to_none=True)
-    loss = LOSSES[training.config.loss](training.model(xb).float(), yb)
-    loss_v = float(loss.detach())
+    loss = LOSSES[training.config.loss](training.forward(xb).float(), yb)
+    loss_v = float(loss.detach()) if share is None else _global_loss(loss, share)
     seconds = time.perf_counter() - t0
     lr = training.opt.param_groups[0].get("lr")
     rec: dict[str, Any] = {
@@ -630,7 +657,9 @@ def _step(training: _Training, step: int) -> dict[str, Any]:
         rec.update(diverged=True, time=seconds, wall=training.elapsed, skipped_total=training.skipped_total)
         return rec
     t1 = time.perf_counter()
-    loss.backward()
+    # DDP averages the ranks' gradients: weighting each rank's mean by its share of the global batch
+    # (times the number of ranks) makes that average the gradient of the global batch's mean loss
+    (loss if share is None else loss * (share * training.config.world_size)).backward()
     _sync(training.device)
     seconds += time.perf_counter() - t1
     grad_stats, update_seconds = _update(training)
@@ -639,6 +668,28 @@ def _step(training: _Training, step: int) -> dict[str, Any]:
     training.elapsed += seconds
     rec.update(grad_stats, skipped_total=training.skipped_total, time=seconds, wall=training.elapsed)
     return rec
+
+
+def _shard(training: _Training, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """This rank's contiguous share of the global batch, and the share's fraction of it (``None``
+    without DDP). Every rank draws the same global batch from the same seeded sampler."""
+    world = training.config.world_size
+    if world == 1:
+        return xb, yb, None
+    n = len(xb)
+    lo, hi = n * training.rank // world, n * (training.rank + 1) // world
+    if hi <= lo:
+        raise ValueError(f"a global batch of {n} examples cannot be shared by world_size={world} ranks")
+    return xb[lo:hi], yb[lo:hi], (hi - lo) / n
+
+
+def _global_loss(loss: torch.Tensor, share: float) -> float:
+    """The global batch's mean loss: the ranks' means weighted by their shares, summed over ranks."""
+    import torch.distributed as dist
+
+    total = (loss.detach() * share).reshape(1).double()
+    dist.all_reduce(total)
+    return float(total)
 
 
 # ------------------------------------------------------------------------------------------- recorder
@@ -788,6 +839,9 @@ def train(
     ``torch.optim.Optimizer`` (torch's or ``ravine.optim``'s) or a ``ravine.optim.Transform`` (wrapped in
     ``ravine.optim.Optimizer``); ``config.optimizer`` is then only a label, so give each distinct factory
     a distinct label (it is part of the run id). Exceptions mark the run ``failed`` and propagate.
+    With ``config.world_size > 1`` this process is rank 0 of a ``DistributedDataParallel`` run and
+    spawns the other ranks (``optimizer_factory`` must then pickle: a module-level function or a
+    ``functools.partial``); ``progress`` and ``on_step`` work as for one process.
     """
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
@@ -809,7 +863,8 @@ def train(
 
     with _exclusive(run_dir):
         try:
-            _train_locked(config, run_dir, resume, progress, on_step, optimizer_factory)
+            run = _train_ddp if config.world_size > 1 else _train_locked
+            run(config, run_dir, resume, progress, on_step, optimizer_factory)
         except BaseException as e:
             # Any failure (setup or training, KeyboardInterrupt included) leaves a resumable "failed" run.
             _runs.write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}"[:2000])
@@ -824,32 +879,108 @@ def _train_locked(
     progress: bool,
     on_step: Callable[[dict[str, Any]], Any] | None,
     optimizer_factory: Callable[[nn.Module], Any] | None,
+    rank: int = 0,
 ) -> None:
-    if not resume:
-        _clear(run_dir)
-    _runs.atomic_write_json(run_dir / "config.json", config.to_dict())
-    device = torch.device(config.device)
+    """The run, from setup to the final status; under DDP every rank runs it and only rank 0 writes."""
+    lead = rank == 0
+    if lead:
+        if not resume:
+            _clear(run_dir)
+        _runs.atomic_write_json(run_dir / "config.json", config.to_dict())
+    device = _device(config, rank)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        training, spec = _setup(config, run_dir, optimizer_factory)
+        training, spec = _setup(config, run_dir, optimizer_factory, rank)
         _restore(training, resume)
-        _runs.atomic_write_json(run_dir / "metadata.json", _metadata(training, spec))
-        _runs.write_status(run_dir, "running", step=training.start, steps=config.steps)
+        if lead:
+            _runs.atomic_write_json(run_dir / "metadata.json", _metadata(training, spec))
+            _runs.write_status(run_dir, "running", step=training.start, steps=config.steps)
 
-        recorder = _Recorder(training, progress, on_step)
+        recorder = _Recorder(training, progress, on_step) if lead else None
         try:
-            if training.start == 0:
+            if training.start == 0 and recorder is not None:
                 recorder.begin()
             status, end_step = "completed", config.steps
             with training_mode(training.model):
                 for step in range(training.start + 1, config.steps + 1):
                     rec = _step(training, step)
-                    recorder.step(rec)
+                    if recorder is not None:
+                        recorder.step(rec)
                     if rec.get("diverged"):
                         status, end_step = "diverged", step
                         break
-            recorder.finish(status, end_step)
+            if recorder is not None:
+                recorder.finish(status, end_step)
         finally:
-            recorder.close()
+            if recorder is not None:
+                recorder.close()
+
+
+def _train_ddp(
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    on_step: Callable[[dict[str, Any]], Any] | None,
+    optimizer_factory: Callable[[nn.Module], Any] | None,
+) -> None:
+    """``config.world_size`` ranks: this process is rank 0 (it records, as one process would); the
+    others are spawned, join a process group through a file in a temporary folder, and write nothing.
+    A rank that fails breaks the others' next collective, so the run fails as a whole and resumes
+    as a whole from its last checkpoint."""
+    import tempfile
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if dist.is_available() and dist.is_initialized():
+        raise RuntimeError(
+            f"world_size={config.world_size} starts its own process group, but this process is already in "
+            "one: inside a distributed job, train with world_size=1 and wrap the model yourself"
+        )
+    if not resume:
+        _clear(run_dir)  # before any rank looks for checkpoints
+    backend = "nccl" if torch.device(config.device).type == "cuda" else "gloo"
+    with tempfile.TemporaryDirectory() as tmp:
+        init = f"file://{tmp}/rendezvous"
+        args = (config, run_dir, optimizer_factory, init, backend)
+        ranks = mp.start_processes(_rank_main, args, nprocs=config.world_size - 1, start_method="spawn", join=False)
+        try:
+            dist.init_process_group(backend, init_method=init, rank=0, world_size=config.world_size)
+            try:
+                _train_locked(config, run_dir, True, progress, on_step, optimizer_factory)
+            finally:
+                dist.destroy_process_group()
+        except BaseException:
+            _stop_ranks(ranks)
+            raise
+        while not ranks.join():  # re-raises a rank's exception (ProcessRaisedException)
+            pass
+
+
+def _stop_ranks(ranks: Any) -> None:
+    """Rank 0 failed: raise a spawned rank's own error if one failed first (its traceback says why),
+    and stop the others, which would otherwise wait for rank 0 in their next collective."""
+    try:
+        ranks.join(timeout=5)
+    finally:
+        for p in ranks.processes:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+
+
+def _rank_main(
+    index: int, config: TrainConfig, run_dir: Path, factory: Callable[[nn.Module], Any] | None, init: str, backend: str
+) -> None:
+    """A spawned rank (``index + 1``) of a DDP run: joins the group, trains its shares, writes nothing."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group(backend, init_method=init, rank=index + 1, world_size=config.world_size)
+    try:
+        _train_locked(config, run_dir, True, False, None, factory, rank=index + 1)
+    finally:
+        dist.destroy_process_group()
 
 
 def _metadata(training: _Training, spec: dict[str, Any]) -> dict[str, Any]:

@@ -83,7 +83,8 @@ def train_all(store: Store, experiment: str, plan: Sequence[Planned], progress: 
                     "optimizer_factory": p.factory,
                     **({"on_step": lambda rec: bar.update(1)} if here else {}),
                 },
-                gpus=1.0 if str(p.config.device).startswith("cuda") else 0.0,
+                cpus=float(p.config.world_size),  # a DDP run's ranks are processes of its own
+                gpus=float(p.config.world_size) if str(p.config.device).startswith("cuda") else 0.0,
             )
             for p in todo
         ]
