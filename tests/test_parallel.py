@@ -147,3 +147,41 @@ def test_progress_of_a_run_elsewhere_reads_its_last_complete_record(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"kind": "step", "step": 1}\n{"kind": "step", "step": 2}\n{"kind": "st')
     assert _last_step(tmp_path) == 2  # a torn last line (being written) is skipped
     assert _last_step(tmp_path / "missing") == 0
+
+
+def test_a_plane_on_a_pool_and_on_ray_equals_the_in_process_one(tmp_path, ray_cluster, digits):
+    """Landscape values to float32 rounding (1e-5 relative): a chunk's points are batched as its worker
+    plans them. The driver writes each finished chunk, so a rerun over a complete file computes nothing."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from ravine.landscape import plane
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    x, y = digits
+    data = (x.float(), y)
+    here = plane(model, F.cross_entropy, data, steps=7, seed=3)
+    pool = plane(model, F.cross_entropy, data, steps=7, seed=3, executor=ProcessPool(2), out=tmp_path / "p.npz")
+    ray = plane(model, F.cross_entropy, data, steps=7, seed=3, executor=ray_cluster)
+    np.testing.assert_allclose(pool.loss, here.loss, rtol=1e-5)
+    np.testing.assert_allclose(ray.loss, here.loss, rtol=1e-5)
+    again = plane(model, F.cross_entropy, data, steps=7, seed=3, executor=ProcessPool(2), out=tmp_path / "p.npz")
+    assert again.info["points_computed"] == 0 and np.array_equal(again.loss, pool.loss)
+
+
+def test_a_sweep_on_a_pool_and_on_ray_equals_the_in_process_one(ray_cluster):
+    """Each cell is a row of the same batched program wherever its band runs: the grids are equal
+    (noise included: with an int seed every row shares one noise sequence)."""
+    import numpy as np
+
+    from ravine.simulate import sweep
+
+    kw = dict(x=("lr", np.geomspace(1e-3, 0.5, 6)), y=("beta", np.linspace(0, 0.95, 5)), steps=60, noise=0.1)
+    here = sweep("valley", "momentum", **kw)
+    for ex in (ProcessPool(2), ray_cluster):
+        there = sweep("valley", "momentum", executor=ex, **kw)
+        np.testing.assert_array_equal(there.y_values, here.y_values)
+        np.testing.assert_allclose(there.final_loss, here.final_loss, rtol=1e-12)
+        np.testing.assert_array_equal(there.steps_to_tol, here.steps_to_tol)

@@ -42,6 +42,7 @@ Conventions and choices (documented here once):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ import torch
 import ravine.optim as ro
 import ravine.schedules as rsch
 from ravine._validation import Interval, Options, check
+from ravine.parallel import Executor, InProcess, Task, values
 from ravine.surfaces import Surface
 from ravine.surfaces import get as get_surface
 
@@ -772,6 +774,28 @@ def run(
     )
 
 
+def _sweep_bands(
+    executor: Executor, surface: Surface, y: tuple[str, Sequence[float]], kw: dict[str, Any], progress: Any
+) -> Sweep:
+    """:func:`sweep` with its ``y`` values cut into bands, one task each; the bands' grids stacked in order."""
+    allowed = ro.hyperparam_names(check("optimizer", kw["optimizer"], Options(ro.names())))
+    y_name, y_values = _axis(y, "y", allowed)
+    check("the number of grid cells", _axis(kw["x"], "x", allowed)[1].size * y_values.size, _GRID_CELLS)
+    bands = [b for b in np.array_split(y_values, min(len(y_values), 2 * executor.workers)) if len(b)]
+    tasks = [Task(f"{y_name} {b[0]:g}..{b[-1]:g}", sweep, (surface,), {**kw, "y": (y_name, b)}) for b in bands]
+    parts = values(executor.run(tasks))  # TaskError naming the bands that failed
+    if progress is not None:
+        progress(kw["steps"])
+    first = parts[0]
+    return dataclasses.replace(
+        first,
+        y_values=np.concatenate([p.y_values for p in parts]),
+        final_loss=np.concatenate([p.final_loss for p in parts]),
+        steps_to_tol=np.concatenate([p.steps_to_tol for p in parts]),
+        diverged_at=np.concatenate([p.diverged_at for p in parts]),
+    )
+
+
 def _spec_dict(s: _Spec) -> dict[str, Any]:
     def safe(v: Any) -> Any:
         return v if isinstance(v, (int, float, str, bool)) or v is None else repr(v)
@@ -814,6 +838,7 @@ def sweep(
     device: str | torch.device | None = None,
     progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    executor: Executor | None = None,
 ) -> Sweep:
     """A grid of one optimizer's hyperparameters, run as one batched tensor program.
 
@@ -824,11 +849,18 @@ def sweep(
     ``lr`` defaults to the surface's suggested learning rate when neither an axis nor ``fixed`` gives it.
     ``progress``, if given, is called with the number of steps done after each block of steps (for a
     progress bar); it changes no number. ``should_stop``, if given, is called every :data:`STOP_CHECK_STEPS`
-    steps; when it returns true the sweep raises :class:`Stopped`.
+    steps; when it returns true the sweep raises :class:`Stopped`. ``executor`` (:mod:`ravine.parallel`: a
+    process pool or Ray; default here) runs bands of ``y`` values as separate sweeps elsewhere: each cell
+    is the same batched program's row either way, so the grid is the same (``progress`` is then called
+    once, at the end).
 
     Returns:
         :class:`Sweep` with ``final_loss`` (NaN where diverged), ``steps_to_tol`` and ``diverged_at``.
     """
+    if executor is not None and not isinstance(executor, InProcess):
+        kw = dict(optimizer=optimizer, x=x, steps=steps, start=start, fixed=fixed, noise=noise, seed=seed, tol=tol,
+                  batch_size=batch_size, schedule=schedule, clip=clip, dtype=dtype, device=device)
+        return _sweep_bands(executor, _as_surface(surface), y, kw, progress)
     surface = _as_surface(surface)
     check("optimizer", optimizer, Options(ro.names()))
     allowed = ro.hyperparam_names(optimizer)

@@ -20,7 +20,7 @@ import re
 import time
 from pathlib import Path
 
-from ravine._cli import SEED, check_outputs, integer
+from ravine._cli import SEED, add_executor_options, check_outputs, executor_from, integer
 from ravine._io import check_output_path
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
@@ -90,6 +90,7 @@ def register(sub) -> None:
     )
     p.add_argument("--log", action="store_true", help="log-scaled contour levels / log10 surface / log axis")
     p.add_argument("--save", default=None, help="write the grid to this .npz (and resume from it if present)")
+    add_executor_options(p)
     p.set_defaults(func=run)
 
 
@@ -170,10 +171,10 @@ def run(args: argparse.Namespace) -> int:
         vectorize=False if args.per_point else (True if args.vmap else None),
     )
     t0 = time.perf_counter()
-    if args.kind == "plane":
-        res = L.plane(model, cross_entropy, (x, y), args.norm, span=tuple(args.span), steps=args.steps, **kw)
-    else:
-        res = L.line(model, cross_entropy, (x, y), args.norm, span=tuple(args.span), steps=args.steps, **kw)
+    slice_ = L.plane if args.kind == "plane" else L.line
+    with executor_from(args) as ex:
+        kw["executor"] = ex
+        res = slice_(model, cross_entropy, (x, y), args.norm, span=tuple(args.span), steps=args.steps, **kw)
     dt = time.perf_counter() - t0
     points = res.loss.size
     import numpy as np

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from ravine._cli import SEED, check_outputs, integer
+from ravine._cli import SEED, add_executor_options, check_outputs, executor_from, integer
 from ravine._cli.trajectories import (
     STEPS,
     add_surface_arguments,
@@ -110,6 +110,7 @@ def register(sub) -> None:
     p.add_argument("--json", metavar="PATH", help="write the numbers as JSON")
     p.add_argument("--force", action="store_true",
                    help=f"run even if cells x steps exceeds {MAX_WORK:.0e} (it may take many minutes)")
+    add_executor_options(p)
     p.set_defaults(func=run)
 
 
@@ -138,10 +139,11 @@ def run(args) -> int:
         bar = tqdm(total=args.steps, desc=f"sweep ({cells} cells)", unit="step", disable=None, dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
-        sw = sim.sweep(surface, args.optimizer, x=x, y=y, steps=args.steps, start=parse_start(args.start),
-                       fixed=fixed, noise=args.noise, seed=args.seed, tol=args.tol, batch_size=args.batch_size,
-                       schedule=parse_schedule(args.schedule), clip=parse_clip(args.clip),
-                       progress=None if bar is None else lambda done: bar.update(done - bar.n))
+        with executor_from(args) as ex:
+            sw = sim.sweep(surface, args.optimizer, x=x, y=y, steps=args.steps, start=parse_start(args.start),
+                           fixed=fixed, noise=args.noise, seed=args.seed, tol=args.tol, batch_size=args.batch_size,
+                           schedule=parse_schedule(args.schedule), clip=parse_clip(args.clip),
+                           progress=None if bar is None else lambda done: bar.update(done - bar.n), executor=ex)
     finally:
         if bar is not None:
             bar.close()

@@ -31,6 +31,7 @@ from ravine.landscape._directions import (
 )
 from ravine.landscape._evaluate import _batches, _Evaluator, _slice_mode
 from ravine.landscape._result import Landscape
+from ravine.parallel import Executor, InProcess, Outcome, Task, values
 
 __all__ = ["line", "plane"]
 
@@ -118,6 +119,7 @@ def _slice(
     out: str | os.PathLike | None,
     shortcut: bool,
     vectorize: bool | None,
+    executor: Executor | None = None,
 ) -> Landscape:
     t_start = time.perf_counter()
     n_dirs = 1 if kind == "line" else 2
@@ -188,7 +190,7 @@ def _slice(
         all_coeffs = np.stack([aa.reshape(-1), bb.reshape(-1)], axis=1)
     coeffs_t = torch.as_tensor(all_coeffs, dtype=torch.float64)
 
-    ev = _Evaluator(
+    ev_args = (
         model,
         loss_fn,
         metric,
@@ -198,47 +200,47 @@ def _slice(
         max_memory_mb,
         shortcut,
         _resolve_vectorize(vectorize, centre),
-        split=batch_norm == "eval",
-        cacheable=data_desc["source"] == "tensors",
     )
+    ev_kw = {"split": batch_norm == "eval", "cacheable": data_desc["source"] == "tensors"}
     loss_flat = result.loss.reshape(-1)
     met_flat = result.metric.reshape(-1) if result.metric is not None else None
+    used: dict[str, Any] = {"path": None, "layers": set()}
+
+    def store(idx: np.ndarray, ls: np.ndarray, ms: np.ndarray | None, path: str, layers: set[str]) -> None:
+        """Write evaluated points into the result (and the .npz: a killed call loses only points in flight)."""
+        loss_flat[idx] = ls
+        if met_flat is not None and ms is not None:
+            met_flat[idx] = ms
+        flat_filled[idx] = True
+        used["path"], used["layers"] = path, used["layers"] | set(layers)
+        if out is not None:
+            result.info["path"] = path
+            result.info["shortcut_layers"] = sorted(used["layers"])
+            result.save(out)
+
     t_eval = time.perf_counter()
-    with torch.no_grad(), _slice_mode(model, batch_norm):
-        pos = 0
-        while pos < len(todo):
-            k, micro = ev.plan(len(todo) - pos)
-            idx = todo[pos : pos + k]
-            c = coeffs_t[idx].to(first.device)
-            try:
-                ls, ms = ev.evaluate(c, micro, data_desc["n"])
-            except (RuntimeError, NotImplementedError) as exc:
-                if ev.path == "loop":
-                    raise
-                warnings.warn(
-                    f"batched evaluation ({ev.path}) failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                    "falling back to one functional_call per point",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                ev.path = "loop"
-                ev.loop_layers = set()  # the plain per-point forward: nothing replaced
-                ev.shortcut.layers = {}
-                continue
-            loss_flat[idx] = ls.double().cpu().numpy()
-            if met_flat is not None:
-                met_flat[idx] = ms.double().cpu().numpy()
-            flat_filled[idx] = True
-            pos += k
-            if out is not None:
-                result.info["path"] = ev.path
-                result.info["shortcut_layers"] = sorted(ev.shortcut.used)
-                result.save(out)
+    if executor is None or isinstance(executor, InProcess):
+        ev = _Evaluator(*ev_args, **ev_kw)
+        _points(ev, coeffs_t, todo, data_desc["n"], batch_norm, store)
+    else:
+        chunks = [c for c in np.array_split(todo, min(len(todo), 4 * executor.workers)) if len(c)]
+        tasks = [
+            Task(f"points {c[0]}..{c[-1]}", _points_task, (ev_args, ev_kw, coeffs_t[c], data_desc["n"], batch_norm))
+            for c in chunks
+        ]
+        keys = {t.key: c for t, c in zip(tasks, chunks)}
+
+        def on_done(o: Outcome) -> None:
+            if o.ok:
+                ls, ms, path, layers = o.value
+                store(keys[o.key], ls, ms, path, layers)
+
+        values(executor.run(tasks, on_done=on_done))  # TaskError naming the failed chunks; the rest is saved
     t_end = time.perf_counter()
     result.info.update(
         {
-            "path": ev.path,
-            "shortcut_layers": sorted(ev.shortcut.used),
+            "path": used["path"] or result.info.get("path"),
+            "shortcut_layers": sorted(used["layers"]),
             "points_computed": int(len(todo)),
             "seconds_eval": t_end - t_eval,
             "seconds_total": t_end - t_start,
@@ -247,6 +249,62 @@ def _slice(
     if out is not None:
         result.save(out)
     return result
+
+
+def _points(
+    ev: _Evaluator,
+    coeffs: Tensor,
+    todo: np.ndarray,
+    n: int,
+    batch_norm: str,
+    store: Callable[[np.ndarray, np.ndarray, np.ndarray | None, str, set[str]], None],
+) -> None:
+    """Evaluate the points ``coeffs[todo]`` block by block as ``ev`` plans them, calling ``store`` per
+    block; if the batched path fails, fall back to one ``functional_call`` per point."""
+    device = next(iter(ev.centre.values())).device
+    with torch.no_grad(), _slice_mode(ev.model, batch_norm):
+        pos = 0
+        while pos < len(todo):
+            k, micro = ev.plan(len(todo) - pos)
+            idx = todo[pos : pos + k]
+            try:
+                ls, ms = ev.evaluate(coeffs[idx].to(device), micro, n)
+            except (RuntimeError, NotImplementedError) as exc:
+                if ev.path == "loop":
+                    raise
+                warnings.warn(
+                    f"batched evaluation ({ev.path}) failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                    "falling back to one functional_call per point",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                ev.path = "loop"
+                ev.loop_layers = set()  # the plain per-point forward: nothing replaced
+                ev.shortcut.layers = {}
+                continue
+            ms_np = ms.double().cpu().numpy() if ms is not None else None
+            store(idx, ls.double().cpu().numpy(), ms_np, ev.path, set(ev.shortcut.used))
+            pos += k
+
+
+def _points_task(
+    ev_args: tuple, ev_kw: dict[str, Any], coeffs: Tensor, n: int, batch_norm: str
+) -> tuple[np.ndarray, np.ndarray | None, str, set[str]]:
+    """One chunk of a grid on a worker (:mod:`ravine.parallel`): the losses (and metrics) at ``coeffs``
+    in order, the evaluator's path and the layers its input-layer identity replaced."""
+    ev = _Evaluator(*ev_args, **ev_kw)
+    loss = np.full(len(coeffs), np.nan)
+    met = np.full(len(coeffs), np.nan) if ev.metric is not None else None
+    state = {"path": ev.path, "layers": set()}
+
+    def keep(idx: np.ndarray, ls: np.ndarray, ms: np.ndarray | None, path: str, layers: set[str]) -> None:
+        loss[idx] = ls
+        if met is not None and ms is not None:
+            met[idx] = ms
+        state["path"], state["layers"] = path, state["layers"] | layers
+
+    _points(ev, coeffs, np.arange(len(coeffs)), n, batch_norm, keep)
+    return loss, met, state["path"], state["layers"]
 
 
 _RESUME_KEYS = ("kind", "directions", "data", "seed", "batch_norm", "dropout", "metric_name")
@@ -292,6 +350,7 @@ def line(
     out: str | os.PathLike | None = None,
     shortcut: bool = True,
     vectorize: bool | None = None,
+    executor: Executor | None = None,
 ) -> Landscape:
     """The loss along ``w0 + a d`` for ``a`` in ``linspace(*span, steps)``.
 
@@ -314,7 +373,10 @@ def line(
     keeps the input-layer identity where its products can be cached (tensor data within a quarter of
     ``max_memory_mb``), forms each grid row's ``w0 + b d2`` once and puts each point's tensors in the
     model's parameter slots for the call (``functional_call`` when weights are tied). The model is
-    left exactly as found.
+    left exactly as found. ``executor`` (:mod:`ravine.parallel`: a process pool or Ray; default in
+    this process) evaluates the grid in chunks elsewhere; this process writes every finished chunk to
+    ``out``, so a killed worker or call loses only the chunks in flight, and the values equal the
+    in-process ones to float32 rounding (a chunk's points are batched as its worker plans them).
     """
     return _slice(
         "line",
@@ -334,6 +396,7 @@ def line(
         out=out,
         shortcut=shortcut,
         vectorize=vectorize,
+        executor=executor,
     )
 
 
@@ -364,6 +427,7 @@ def plane(
     out: str | os.PathLike | None = None,
     shortcut: bool = True,
     vectorize: bool | None = None,
+    executor: Executor | None = None,
 ) -> Landscape:
     """The loss on the grid ``w0 + a d1 + b d2``, ``a`` in ``x``, ``b`` in ``y``.
 
@@ -393,4 +457,5 @@ def plane(
         out=out,
         shortcut=shortcut,
         vectorize=vectorize,
+        executor=executor,
     )
