@@ -66,6 +66,28 @@ def test_render_shows_errors_and_pending(tmp_path):
     assert_self_contained(html)
 
 
+def test_render_parts_and_long_check_lists(tmp_path):
+    """The two parts head their experiments in the table and among the sections; a verdict with many
+    checks lists in the table only those not supported (with counts), and all of them in its section."""
+    assert sorted(n for members in claims.PARTS.values() for n in members) == sorted(claims.names())
+    fig = _png(tmp_path / "f.png")
+    results = [_result(n, 0.5, fig) for n in claims.names()]
+    many = [threshold_check(f"c{i}", 0.5 if i != 7 else 2.0, "<", 1.0) for i in range(12)]
+    results[-1].verdict = Verdict.from_checks(many, "e")
+    parts = {n: claims.part(n) for n in claims.names()}
+    html = render(results, size="quick", machine={"date": "d"}, parts=parts)
+    table, sections = html.split("<h2>Claims</h2>")[1].split("</table>", 1)
+    for title in claims.PARTS:
+        assert table.count(title) == 1 and sections.count("<h2 class='part'") == len(claims.PARTS)
+    first_landscape = claims.PARTS["Loss landscapes"][0]
+    assert sections.index("Loss landscapes") < sections.index(f'id="exp-{first_landscape}"')
+    assert "12 checks: 11 supported, 1 not supported" in table and "c7 = " in table and "c3 = " not in table
+    assert sections.count("<td>c3</td>") == 1
+    with pytest.raises(ValueError, match="unknown experiment 'nope'"):
+        claims.part("nope")
+    assert_self_contained(html)
+
+
 def test_report_path():
     assert str(report_path("out", "quick")).endswith("ravine-report-quick.html")
 

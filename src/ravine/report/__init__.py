@@ -183,6 +183,7 @@ def _run_report(
             gallery_note=gallery_note,
             errors=errors,
             pending=pending,
+            parts={n: title for title, members in claims.PARTS.items() for n in members},
         )
         write_atomic(path, html)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ravine import _io
-from ravine.experiments.claims._core import Result
+from ravine.experiments.claims._core import STATUSES, Result
 
 #: A verdict's status -> the CSS class of its badge.
 BADGE_CLASS = {"supported": "ok", "not supported": "bad", "inconclusive": "meh", "error": "err", "incomplete": "err"}
@@ -43,6 +43,8 @@ code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.88em}
 pre{background:#f6f8fa;padding:.6em;overflow-x:auto;white-space:pre-wrap}
 .checks td:first-child{white-space:nowrap}.small{font-size:.85em;color:#5b6570}
 nav a{margin-right:.8em}
+h2.part{font-size:1.7em;border-bottom:4px solid #1d232a;margin-top:2.6em}
+tr.part th{text-align:left;background:#eef1f4;font-size:1.05em;padding:.45em .5em}tr.part a{color:inherit}
 """
 
 
@@ -92,13 +94,37 @@ def _anchor(name: str) -> str:
     return "exp-" + "".join(ch if ch.isalnum() else "-" for ch in name)
 
 
-def _claims_table(results: Sequence[Result], errors: dict[str, str], pending: Sequence[str]) -> str:
+#: A verdict with more checks than this lists only those not supported, with counts (its section has all).
+MAX_LISTED_CHECKS = 8
+
+
+def _key_numbers(r: Result) -> str:
+    checks = r.verdict.checks
+    shown = checks if len(checks) <= MAX_LISTED_CHECKS else [c for c in checks if c.status != "supported"]
+    nums = "<br>".join(
+        f"{esc(c.name)} = <b>{fmt(c.value)}</b> <span class='small'>({esc(c.threshold)})</span>" for c in shown
+    )
+    if len(shown) < len(checks):
+        counts = ", ".join(f"{n} {s}" for s in STATUSES if (n := sum(c.status == s for c in checks)))
+        head = f"<span class='small'>{len(checks)} checks: {esc(counts)}"
+        nums = head + (" (those not supported below; all in the section)</span><br>" + nums if nums else "</span>")
+    return nums
+
+
+def _part_row(title: str, columns: int) -> str:
+    return f"<tr class='part'><th colspan='{columns}'><a href='#{_anchor('part-' + title)}'>{esc(title)}</a></th></tr>"
+
+
+def _claims_table(
+    results: Sequence[Result], errors: dict[str, str], pending: Sequence[str], parts: dict[str, str] | None = None
+) -> str:
     rows = []
+    current = None
     for i, r in enumerate(results, 1):
-        nums = "<br>".join(
-            f"{esc(c.name)} = <b>{fmt(c.value)}</b> <span class='small'>({esc(c.threshold)})</span>"
-            for c in r.verdict.checks
-        )
+        if parts and parts.get(r.name, current) != current:
+            current = parts[r.name]
+            rows.append(_part_row(current, 6))
+        nums = _key_numbers(r)
         rows.append(
             f"<tr><td>{i}</td><td><a href='#{_anchor(r.name)}'>{esc(r.name)}</a></td>"
             f"<td>{esc(r.claim)}</td><td>{badge(r.verdict.status)}{_scale(r)}</td><td>{nums}</td>"
@@ -245,8 +271,13 @@ def render(
     errors: dict[str, str] | None = None,
     pending: Sequence[str] = (),
     title: str = "Ravine: the chapter's claims, measured",
+    parts: dict[str, str] | None = None,
 ) -> str:
-    """The report as one HTML string (no external resources)."""
+    """The report as one HTML string (no external resources).
+
+    ``parts`` maps experiment names to the part of the report they belong to (a heading before the
+    first of each part, in the claims table and among the sections); ``None``: no parts.
+    """
     errors = errors or {}
     counts = {s: sum(r.verdict.status == s for r in results) for s in BADGE_CLASS if s not in ("error", "incomplete")}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
@@ -258,7 +289,12 @@ def render(
     total = sum(r.runtime_s for r in results)
     train = sum(float(r.extra.get("training_s", 0.0)) for r in results)
     nav = "".join(f"<a href='#{_anchor(r.name)}'>{esc(r.name)}</a>" for r in results)
-    sections = "".join(_experiment_section(r) for r in results)
+    sections, current = "", None
+    for r in results:
+        if parts and parts.get(r.name, current) != current:
+            current = parts[r.name]
+            sections += f"<h2 class='part' id='{_anchor('part-' + current)}'>{esc(current)}</h2>"
+        sections += _experiment_section(r)
     sections += "".join(_error_section(n, m) for n, m in errors.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -276,7 +312,7 @@ or its data cannot decide. Quick runs are small; what they show for tiny models 
 and the reverse.</p>
 <nav>{nav}<a href="#gallery">2D gallery</a><a href="#machine">machine</a></nav>
 <h2>Claims</h2>
-{_claims_table(results, errors, pending)}
+{_claims_table(results, errors, pending, parts)}
 {sections}
 {_gallery(gallery, gallery_note)}
 {_machine(machine)}

@@ -61,11 +61,13 @@ __all__ = [
     "Progress",
     "Result",
     "Store",
+    "PARTS",
     "Verdict",
     "all_experiments",
     "combine",
     "get",
     "names",
+    "part",
     "threshold_check",
 ]
 
@@ -86,6 +88,25 @@ _MODULES = {
     "adam-landscape": "adam_landscape",
     "edge-of-stability": "edge_of_stability",
 }
+
+
+#: The report's two parts, in order: the chapter's optimizer half and its landscape half.
+PARTS = {
+    "Optimizers, schedules, warmup and clipping": (
+        "optimizers", "momentum", "adam-ablation", "adamw-vs-l2", "schedules", "finetune", "warmup", "clipping"
+    ),
+    "Loss landscapes": (
+        "local-minima", "sharp-flat", "sgd-noise", "saddles", "adam-landscape", "edge-of-stability"
+    ),
+}
+
+
+def part(name: str) -> str:
+    """The report part (a key of :data:`PARTS`) experiment ``name`` belongs to."""
+    for title, members in PARTS.items():
+        if name in members:
+            return title
+    raise ValueError(f"unknown experiment {name!r}; valid names: {', '.join(names())}")
 
 
 def names() -> list[str]:
