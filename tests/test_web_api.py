@@ -495,3 +495,22 @@ def test_each_optimizer_gets_its_own_stability_limit_and_runs_obey_it(client):
             runs.append(client.post("/api/trajectories", json=req).json()["runs"][0])
         assert runs[0]["diverged"] is False, spec
         assert runs[1]["diverged"] is True, spec
+
+
+def test_the_contour_levels_come_from_the_one_rule_the_exported_figure_uses(client):
+    """The page draws the server's contour (log values and levels), computed by
+    ravine.plots.playground.contour_levels; checked here against that function on the surface's own grid."""
+    import numpy as np
+
+    import ravine.surfaces as rs
+    from ravine.plots.playground import LEVELS, contour_levels
+
+    r = client.post("/api/surface/grid", json={"surface": {"name": "rosenbrock"}, "n": 41})
+    assert r.status_code == 200, r.text
+    c = r.json()["grid"]["contour"]
+    _, _, Z = rs.get("rosenbrock").grid(n=41)
+    t, levels = contour_levels(np.asarray(Z, dtype=np.float64))
+    assert c["start"] == pytest.approx(levels[0]) and c["end"] == pytest.approx(levels[-1])
+    assert c["size"] == pytest.approx((levels[-1] - levels[0]) / LEVELS)
+    got = np.array([[np.nan if v is None else v for v in row] for row in c["z"]])
+    np.testing.assert_allclose(got, t, rtol=1e-12)

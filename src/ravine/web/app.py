@@ -234,6 +234,20 @@ def _grid_out(surface: rs.Surface, n: int) -> dict[str, Any]:
         "z": _json_floats(Z),
         "zmin": float(finite.min()) if finite.size else None,
         "zmax": float(finite.max()) if finite.size else None,
+        "contour": _contour_out(Z),
+    }
+
+
+def _contour_out(Z: np.ndarray) -> dict[str, Any]:
+    """The contour's log values and levels, by the one rule the exported figure uses too."""
+    from ravine.plots.playground import contour_levels
+
+    t, levels = contour_levels(Z)
+    return {
+        "z": _json_floats(t),
+        "start": float(levels[0]),
+        "end": float(levels[-1]),
+        "size": float(levels[1] - levels[0]),
     }
 
 

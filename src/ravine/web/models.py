@@ -702,6 +702,15 @@ class MinimumOut(BaseModel):
     kind: str
 
 
+class ContourOut(BaseModel):
+    """What the page's contour draws (``ravine.plots.playground.contour_levels``, the exported figure's rule)."""
+
+    z: list[list[MaybeFloat]] = Field(..., description="log10(f - min f + eps) on the grid; null where not finite")
+    start: float = Field(..., description="the lowest level (the floor quantile of z)")
+    end: float = Field(..., description="the highest level")
+    size: float = Field(..., description="the spacing of the levels")
+
+
 class GridOut(BaseModel):
     """A contour grid of a surface."""
 
@@ -710,6 +719,7 @@ class GridOut(BaseModel):
     z: list[list[MaybeFloat]] = Field(..., description="z[i][j] = f(x[j], y[i]); null where not finite")
     zmin: MaybeFloat
     zmax: MaybeFloat
+    contour: ContourOut
 
 
 class SurfaceOut(BaseModel):

@@ -312,17 +312,12 @@ function buildContourTraces() {
   const traces = [];
   const g = surfaceInfo && surfaceInfo.grid;
   if (g) {
-    const lo = g.zmin, span = Math.max(1e-12, (g.zmax - g.zmin));
-    const eps = Math.max(1e-12, 1e-4 * span);
-    const z = g.z.map((row) => row.map((v) => (v === null ? null : Math.log10(v - lo + eps))));
-    // levels from the 2% quantile up: a level closer to the minimum cuts a sliver thinner than the grid
-    // (Rosenbrock's valley floor), which draws as a broken line that looks like a trajectory
-    const flat = z.flat().filter((v) => v !== null).sort((a, b) => a - b);
-    const zlo = flat.length ? flat[Math.floor(0.02 * (flat.length - 1))] : 0;
-    const zhi = flat.length ? flat[flat.length - 1] : 1;
-    const size = Math.max(1e-9, (zhi - zlo) / 28);
+    // the server's levels (ravine.plots.playground.contour_levels): from the floor quantile up, so no level
+    // cuts a sliver thinner than the grid (Rosenbrock's valley floor would draw as a broken line)
+    const c = g.contour;
     traces.push({
-      type: "contour", x: g.x, y: g.y, z, autocontour: false, contours: { start: zlo, end: zhi, size, coloring: "fill" },
+      type: "contour", x: g.x, y: g.y, z: c.z, autocontour: false,
+      contours: { start: c.start, end: c.end, size: c.size, coloring: "fill" },
       showscale: false, hoverinfo: "skip",
       colorscale: STYLE.contour_colorscale,
       line: { width: 0.6, color: STYLE.contour_line },
