@@ -38,3 +38,14 @@ def save(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def reference_lines(ax, hlines=(), vlines=()) -> None:
+    """Labelled reference lines: ``hlines`` as ``(y, label)`` dotted across, ``vlines`` as ``(x, label)`` dashed."""
+    for y, lab in hlines:
+        ax.axhline(y, color="0.35", linestyle=":", linewidth=1)
+        ax.annotate(lab, (0.01, y), xycoords=("axes fraction", "data"), fontsize=7, color="0.3", va="bottom")
+    for x, lab in vlines:
+        ax.axvline(x, color="0.35", linestyle="--", linewidth=1)
+        ax.annotate(lab, (x, 0.98), xycoords=("data", "axes fraction"), fontsize=7, color="0.3", rotation=90,
+                    va="top", ha="right")

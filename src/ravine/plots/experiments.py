@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ravine.plots._style import color, plt, save
+from ravine.plots._style import color, plt, reference_lines, save
 
 __all__ = ["Series", "Panel", "Heatmap", "Bars", "plot_panels", "plot_heatmaps", "plot_bars"]
 
@@ -114,21 +114,7 @@ def _draw_panel(ax, panel: Panel) -> None:
             markersize=4,
             markevery=s.markevery,
         )
-    for y, lab in panel.hlines:
-        ax.axhline(y, color="0.35", linestyle=":", linewidth=1)
-        ax.annotate(lab, (0.01, y), xycoords=("axes fraction", "data"), fontsize=7, color="0.3", va="bottom")
-    for x, lab in panel.vlines:
-        ax.axvline(x, color="0.35", linestyle="--", linewidth=1)
-        ax.annotate(
-            lab,
-            (x, 0.98),
-            xycoords=("data", "axes fraction"),
-            fontsize=7,
-            color="0.3",
-            rotation=90,
-            va="top",
-            ha="right",
-        )
+    reference_lines(ax, panel.hlines, panel.vlines)
     if panel.logx:
         ax.set_xscale("log")
     if panel.logy:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ravine.plots._style import color, plt, save
+from ravine.plots._style import color, plt, reference_lines, save
 
 __all__ = ["Trend", "TrendPanel", "plot_trends"]
 
@@ -96,21 +96,7 @@ def _draw(ax, panel: TrendPanel) -> None:
         ax.plot(x[keep], mean[keep], color=c, linestyle=t.linestyle, marker=t.marker, markersize=4, label=label)
         if seeds > 1 and keep.any():
             ax.fill_between(x[keep], lo[keep], hi[keep], color=c, alpha=0.18, linewidth=0)
-    for y, lab in panel.hlines:
-        ax.axhline(y, color="0.35", linestyle=":", linewidth=1)
-        ax.annotate(lab, (0.01, y), xycoords=("axes fraction", "data"), fontsize=7, color="0.3", va="bottom")
-    for x, lab in panel.vlines:
-        ax.axvline(x, color="0.35", linestyle="--", linewidth=1)
-        ax.annotate(
-            lab,
-            (x, 0.98),
-            xycoords=("data", "axes fraction"),
-            fontsize=7,
-            color="0.3",
-            rotation=90,
-            va="top",
-            ha="right",
-        )
+    reference_lines(ax, panel.hlines, panel.vlines)
     for lo_x, hi_x, lab in panel.spans:
         ax.axvspan(lo_x, hi_x, color="0.5", alpha=0.15, linewidth=0)
         ax.annotate(
