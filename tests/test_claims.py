@@ -282,6 +282,7 @@ def test_registry_names_and_errors():
         "sgd-noise",
         "saddles",
         "adam-landscape",
+        "edge-of-stability",
     ]
     for exp in claims.all_experiments():
         assert exp.claim and exp.title and callable(exp.execute) and callable(exp.verdict)
