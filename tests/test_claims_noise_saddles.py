@@ -134,15 +134,19 @@ def test_escape_step():
 
 
 # --------------------------------------------------------------------------------------- gradient noise
-def test_gradient_noise_adds_torch_normals_seeded_by_step():
-    t = sd.gradient_noise(0.5, seed=7)
+def test_add_noise_adds_torch_normals_seeded_by_step_with_the_published_variance():
+    """ravine.optim.add_noise: sigma_t^2 = eta / (t + 1)^gamma (Neelakantan et al. 2015, Optax's add_noise),
+    draws from torch's generator seeded by the step (so a resumed run draws the same numbers)."""
+    eta, gamma = 0.25, 0.55
+    t = ro.add_noise(eta, gamma, seed=7)
     g = [torch.zeros(3, 4), torch.ones(5)]
     state = t.init(g)
     outs = []
     for step in range(3):
         u, state = t.update([x.clone() for x in g], state)
         gen = torch.Generator().manual_seed(7 * 1_000_003 + step)
-        expect = [x + 0.5 * torch.randn(x.shape, generator=gen) for x in g]
+        sigma = (eta / (step + 1) ** gamma) ** 0.5
+        expect = [x + sigma * torch.randn(x.shape, generator=gen) for x in g]
         for a, b in zip(u, expect):
             torch.testing.assert_close(a, b)
         outs.append(u)
@@ -151,12 +155,12 @@ def test_gradient_noise_adds_torch_normals_seeded_by_step():
     # a "resumed" transform at step 1 draws what the uninterrupted one drew
     u, _ = t.update([x.clone() for x in g], {"step": 1})
     torch.testing.assert_close(u[0], outs[1][0])
-    # std 0 is the identity; the rebuild by with_hyperparams (what the torch adapter does) is the same transform
-    u0, _ = sd.gradient_noise(0.0, 0).update([x.clone() for x in g], {"step": 0})
+    # eta 0 is the identity; the rebuild by with_hyperparams (what the torch adapter does) is the same transform
+    u0, _ = ro.add_noise(0.0, 0.0, 0).update([x.clone() for x in g], {"step": 0})
     torch.testing.assert_close(u0[1], g[1])
-    assert t.with_hyperparams(std=0.5).hyperparams == {"std": 0.5, "seed": 7}
-    with pytest.raises(ValueError, match=r"std must be in \[0, inf\), got -1"):
-        sd.gradient_noise(-1.0, 0)
+    assert t.with_hyperparams(eta=0.5).hyperparams == {"eta": 0.5, "gamma": 0.55, "seed": 7}
+    with pytest.raises(ValueError, match=r"add_noise: eta must be in \[0, inf\), got -1"):
+        ro.add_noise(-1.0, 0.0, 0)
 
 
 def test_noisy_sgd_trains_through_the_torch_adapter():

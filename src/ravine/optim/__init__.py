@@ -65,6 +65,7 @@ from .soap import SOAP, scale_by_soap, soap
 from .transforms import (
     add_decayed_weights,
     add_l2,
+    add_noise,
     clip_adaptive,
     clip_by_global_norm,
     clip_by_value,
@@ -83,7 +84,7 @@ __all__ = [
     "Transform", "chain", "apply_updates", "chain_info", "resolve", "transform",
     "identity", "scale", "scale_by_learning_rate", "scale_by_schedule", "trace", "scale_by_rms",
     "scale_by_adam", "scale_by_rss", "add_decayed_weights", "add_l2", "clip_by_global_norm",
-    "clip_by_value", "clip_adaptive",
+    "clip_by_value", "clip_adaptive", "add_noise",
     "gd", "sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adam_l2", "adagrad",
     "get", "names", "hyperparam_names",
     "torch_sgd", "torch_adam", "torch_adamw", "torch_rmsprop", "torch_adagrad",

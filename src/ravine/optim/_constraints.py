@@ -66,6 +66,9 @@ CONSTRAINTS: dict[str, Interval | Options] = {
     "ns_steps": Interval(int, 1, 100, closed="left"),
     "adjust_lr": Options((None, "original", "match_rms_adamw")),
     "momentum_form": Options(("ema", "heavy_ball")),
+    # add_noise (Neelakantan et al. 2015; Optax's add_noise): variance eta / (t + 1) ** gamma
+    "eta": _NONNEGATIVE,
+    "gamma": _NONNEGATIVE,
 }
 """Hyperparameter name -> allowed values (a number's interval, or the choices of a string)."""
 

@@ -46,6 +46,7 @@ __all__ = [
     "clip_by_global_norm",
     "clip_by_value",
     "clip_adaptive",
+    "add_noise",
 ]
 
 
@@ -506,3 +507,28 @@ def _unit_norm(x: Tensor) -> Tensor:
     if x.dim() <= 1:
         return torch.linalg.vector_norm(x).reshape([1] * x.dim())
     return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())), keepdim=True)
+
+
+@transform(static=("seed",))
+def add_noise(eta: float = 0.01, gamma: float = 0.55, seed: int = 0) -> Transform:
+    """Gradient noise (Neelakantan et al. 2015; Optax's ``add_noise``): ``u = g + sigma_t * xi_t``.
+
+    ``sigma_t^2 = eta / (t + 1)^gamma`` for the ``t``-th update (``t = 0, 1, ...``: the variance of the
+    first update is ``eta``; ``gamma = 0`` keeps it constant), ``xi_t ~ N(0, I)``. The draws of update
+    ``t`` come from a ``torch.Generator`` seeded with ``seed * 1_000_003 + t``, tensor after tensor, so
+    the noise is a function of the step alone: a resumed run draws the same numbers. Chain it before
+    the optimizer: ``chain(add_noise(0.01, 0.55), sgd(lr=0.1))``.
+    """
+    check_hyper("eta", eta, where="add_noise: ")
+    check_hyper("gamma", gamma, where="add_noise: ")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"add_noise: seed must be an integer >= 0, got {seed!r}")
+
+    def apply(updates: Params, step: int, params: Params | None) -> Params:
+        if eta == 0:
+            return updates
+        sigma = (eta / (step + 1) ** gamma) ** 0.5
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        return [u + sigma * torch.randn(u.shape, generator=gen, dtype=u.dtype).to(u.device) for u in updates]
+
+    return Transform(*_stateless(apply))

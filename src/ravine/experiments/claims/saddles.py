@@ -35,11 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from ravine._validation import Interval, check
 from ravine.experiments.claims._common import Planned, eval_columns, pick, train_all
 from ravine.experiments.claims._core import Experiment, Progress, Store, Verdict, threshold_check
 from ravine.experiments.claims._stats import num, ratio
-from ravine.optim.base import Transform, transform
+from ravine.optim.base import Transform
 
 NAME = "saddles"
 TITLE = "Saddle points, not local minima, slow training down"
@@ -61,43 +60,10 @@ RTOL = 1e-3  # eigenvalues within RTOL * max|lambda| of zero count as zero (flat
 ARMS = ("gd", "gd+noise", f"sgd-b{BATCH}")
 
 
-@transform(static=("seed",))
-def gradient_noise(std: float = 0.0, seed: int = 0) -> Transform:
-    """A ``ravine.optim`` transform ``u = g + std * xi_t`` with ``xi_t ~ N(0, I)`` independent per step.
-
-    ``xi_t`` is drawn from a generator seeded with ``(seed, t)`` (``t`` the update count in the state), so
-    the noise sequence is a function of the step alone and a resumed run draws the same numbers.
-
-    Args:
-        std: the noise's standard deviation per coordinate (>= 0).
-        seed: the noise sequence's seed.
-
-    Returns:
-        A ``ravine.optim.Transform``; chain it before the optimizer, e.g.
-        ``chain(gradient_noise(0.01, 0), sgd(lr=0.3))``.
-    """
-    import torch
-
-    std = check("std", std, Interval.finite(float, 0))
-    seed = check("seed", seed, Interval.finite(int, 0))
-
-    def init(params: list) -> dict[str, Any]:
-        return {"step": 0}
-
-    def update(updates: list, state: dict[str, Any], params: list | None = None) -> tuple[list, dict[str, Any]]:
-        step = state["step"]
-        if std > 0:
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-            updates = [u + std * torch.randn(u.shape, generator=gen, dtype=u.dtype).to(u.device) for u in updates]
-        return updates, {"step": step + 1}
-
-    return Transform(init, update)
-
-
 def _noisy_sgd_transform(lr: float, std: float, seed: int, model: Any) -> Transform:
     import ravine.optim as ro
 
-    return ro.chain(gradient_noise(std, seed), ro.sgd(lr=lr))
+    return ro.chain(ro.add_noise(std**2, 0.0, seed), ro.sgd(lr=lr))  # constant variance std^2
 
 
 def _noisy_sgd(lr: float, std: float, seed: int) -> Callable[[Any], Transform]:
