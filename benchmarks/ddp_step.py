@@ -18,9 +18,8 @@ timed, not the communication):
 
 Contestants: torch's ``AdamW`` (foreach, and fused) and ravine's ``AdamW`` (unfused, ``fused="flat"`` and the
 compiled ``fused=True``, whose compilation the untimed warmup steps absorb),
-all as classes with keyword arguments, as ZeroRedundancyOptimizer takes them (``n/a``: ZeRO-1 re-adds the
-constructor's keywords to every param group, and ravine's param groups take hyperparameters only, so
-``fused=`` cannot go through it).
+all as classes with keyword arguments, as ZeroRedundancyOptimizer takes them (it re-adds the constructor's
+keywords to every param group; ravine's optimizers accept their own options there).
 Each time is the median of ``--steps`` timed steps after ``--warmup`` untimed ones; ``vs torch`` divides
 by torch foreach AdamW's median in the same setting, measured in the same run.
 """
@@ -92,9 +91,6 @@ def time_steps(step, warmup: int, steps: int, barrier=None) -> float:
 def measure(setting: str, quick: bool, warmup: int, steps: int) -> dict[str, float]:
     out = {}
     for name, (cls, kw) in optimizers().items():
-        if setting == "zero" and cls is ro.AdamW and "fused" in kw:
-            continue  # ZeroRedundancyOptimizer re-adds constructor keywords to each param group; ravine's
-            # param groups take hyperparameters only, so ravine's fused paths run under DDP, not ZeRO-1
         ps = params(quick)
         if setting == "zero":
             from torch.distributed.optim import ZeroRedundancyOptimizer

@@ -276,3 +276,32 @@ def test_decoupled_decay_peak_from_torch_scheduler_or_warning():
     opt.param_groups[0]["lr"] = 0.1
     with pytest.warns(RuntimeWarning, match="pass lr_peak"):
         opt.step()
+
+
+def test_zero_redundancy_optimizer_takes_the_fused_paths(tmp_path):
+    """ZeroRedundancyOptimizer re-adds the constructor's keywords (fused=..., nonfinite=...) to every param
+    group; ravine accepts them when they repeat the optimizer's own options, so ZeRO-1 runs the flat path and
+    equals the plain optimizer (a one-rank gloo group: ZeRO's own code, no sharding to compare)."""
+    import torch.distributed as dist
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        m1, m2 = torch.nn.Linear(5, 3).double(), torch.nn.Linear(5, 3).double()
+        m2.load_state_dict(m1.state_dict())
+        kw = dict(lr=1e-2, weight_decay=0.1, fused="flat")
+        zero = ZeroRedundancyOptimizer(m1.parameters(), optimizer_class=ro.AdamW, **kw)
+        plain = ro.AdamW(m2.parameters(), **kw)
+        x = torch.randn(8, 5, dtype=torch.float64)
+        for _ in range(4):
+            for m, opt in ((m1, zero), (m2, plain)):
+                opt.zero_grad()
+                m(x).pow(2).mean().backward()
+                opt.step()
+        for a, b in zip(m1.parameters(), m2.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    finally:
+        dist.destroy_process_group()
+    with pytest.raises(ValueError, match=r"param group sets fused=False, but fused is an option of the whole"):
+        ro.AdamW([{"params": [torch.nn.Parameter(torch.zeros(2))], "fused": False}], lr=1e-3, fused="flat")

@@ -150,6 +150,10 @@ class _Host:
             self.opt._buffers.pop(p, None)
 
 
+#: Options of the whole optimizer that a param group may repeat (with the same value) but not change.
+_OPTIONS = ("nonfinite", "fused")
+
+
 class Optimizer(torch.optim.Optimizer):
     """Run a ravine transform (e.g. ``chain(clip_by_global_norm(1.0), adamw(3e-4))``) in torch.
 
@@ -206,7 +210,16 @@ class Optimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group, as ``torch.optim.Optimizer.add_param_group``; its keys must be
-        hyperparameters of the chain."""
+        hyperparameters of the chain. A group may repeat the optimizer's own options (``nonfinite``,
+        ``fused``) with the optimizer's values, as ``ZeroRedundancyOptimizer`` does with every
+        constructor keyword; they are options of the whole optimizer, so a different value is refused."""
+        for k in _OPTIONS:
+            if k in param_group and param_group[k] != getattr(self, k):
+                raise ValueError(
+                    f"param group sets {k}={param_group[k]!r}, but {k} is an option of the whole optimizer "
+                    f"(here {getattr(self, k)!r}): it cannot differ between groups"
+                )
+        param_group = {k: v for k, v in param_group.items() if k not in _OPTIONS}
         unknown = sorted(
             k
             for k in param_group
