@@ -140,13 +140,13 @@ def main() -> None:
         ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(args.world)]
     settings = {"1 process": single}
     for key, label in (("ddp", f"DDP, per rank ({args.world})"), ("zero", f"ZeRO-1, per rank ({args.world})")):
-        settings[label] = {name: max(r[key][name] for r in ranks) for name in ranks[0][key]}  # the slower rank
+        settings[label] = {name: max(r[key][name] for r in ranks) for name in single}  # the slower rank
     print(f"\n{'optimizer':22s}" + "".join(f"{s:>26s}" for s in settings))
     for name in single:
         cells = []
         for times in settings.values():
             ref = times["torch AdamW foreach"]
-            cells.append(f"{times[name] * 1e3:9.1f} ms ({times[name] / ref:4.2f}x)" if name in times else "n/a")
+            cells.append(f"{times[name] * 1e3:9.1f} ms ({times[name] / ref:4.2f}x)")
         print(f"{name:22s}" + "".join(f"{c:>26s}" for c in cells))
     print("\n(x): the step's median over torch AdamW foreach's median in the same setting and run; per rank: the "
           "slower rank.")
