@@ -189,6 +189,15 @@ def test_export_png_decodes_at_its_size(client):
     assert bad.status_code == 422 and bad.json()["detail"][0]["field"].startswith("colors")
 
 
+def test_export_png_is_drawn_in_the_big_lane():
+    """Drawing takes about a second: it is big work, bounded and queued like any big request (issue 15)."""
+    req = next(p for p in teaching.presets() if p["id"] == "zigzag")["request"]
+    with TestClient(create_app()) as c:
+        before = c.get("/api/load").json()["lanes"]["big"]["finished"]
+        assert c.post("/api/export/png", json={"request": req, "colors": ["#112233", "#445566"]}).status_code == 200
+        assert c.get("/api/load").json()["lanes"]["big"]["finished"] == before + 1
+
+
 def test_export_snippet_writes_the_png_and_reproduces_the_numbers(client, tmp_path):
     req = next(p for p in teaching.presets() if p["id"] == "adam_bias")["request"]
     code = client.post("/api/export/python", json={"request": req, "colors": ["#112233", "#445566"]}).json()["code"]

@@ -634,6 +634,10 @@ def _work(kind: str, payload: str, should_stop: Callable[[], bool], cache: Any) 
     if kind == "surfaces":
         grid = int(payload)
         return json.dumps([_surface_out(rs.get(name), grid) for name in rs.names()], allow_nan=False).encode()
+    if kind == "png":  # {"export": ExportRequest, "result": its TrajectoryOut}: the captioned figure's bytes
+        job = json.loads(payload)
+        export = models.ExportRequest.model_validate(job["export"])
+        return teaching.png_bytes(teaching.export_figure(export.request, job["result"], export.colors))
     request_model, fn, out_model = _WORK[kind]
     req = request_model.model_validate_json(payload)
     return out_model.model_validate(fn(req, should_stop, cache)).model_dump_json().encode()
@@ -840,15 +844,17 @@ def create_app(
     def python(req: models.TrajectoryRequest) -> dict[str, str]:
         return {"code": python_snippet(req)}
 
-    _teaching_routes(app, computed)
+    _teaching_routes(app, computed, in_lane)
     return app
 
 
-def _teaching_routes(app: FastAPI, computed: Callable[..., Any]) -> None:
+def _teaching_routes(app: FastAPI, computed: Callable[..., Any], in_lane: Callable[..., Any]) -> None:
     """The teaching routes (:mod:`ravine.web.teaching`): presets, the page's colours, the captioned export.
 
     The exports get their runs from ``computed`` (the trajectories route's lane and response cache: exporting
-    the view the page shows costs no simulation); the figure is drawn in the thread pool.
+    the view the page shows costs no simulation); the figure (about a second of drawing) is big work: it is
+    drawn in the big lane (``in_lane``), so a class exporting at once is bounded like any big request and a
+    client that leaves first has its queued drawing dropped.
     """
     from ravine.plots.playground import PAGE_STYLE
 
@@ -876,9 +882,13 @@ def _teaching_routes(app: FastAPI, computed: Callable[..., Any]) -> None:
         result, out = await runs_of(req, request)
         if result is None:
             return out
-        png = await run_in_threadpool(
-            lambda: teaching.png_bytes(teaching.export_figure(req.request, result, req.colors))
-        )
+        job = json.dumps({"export": json.loads(req.model_dump_json()), "result": result}, allow_nan=False)
+        try:
+            png = await in_lane("png", job, False, request)
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it: the client has gone
+        except WorkerLost as exc:
+            return JSONResponse(status_code=503, content={"detail": str(exc), "message": str(exc)})
         return Response(png, media_type="image/png", headers={"Content-Disposition": "inline; filename=ravine.png"})
 
     @app.post("/api/export/python", response_model=models.PythonOut, summary="Python that saves the captioned PNG")
