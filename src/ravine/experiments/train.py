@@ -942,7 +942,9 @@ def _train_ddp(
     backend = "nccl" if torch.device(config.device).type == "cuda" else "gloo"
     with tempfile.TemporaryDirectory() as tmp:
         init = f"file://{tmp}/rendezvous"
-        args = (config, run_dir, optimizer_factory, init, backend)
+        # every rank computes with rank 0's thread count, so reductions (a clip norm) round alike on every
+        # rank and the replicas stay bit-identical
+        args = (config, run_dir, optimizer_factory, init, backend, torch.get_num_threads())
         ranks = mp.start_processes(_rank_main, args, nprocs=config.world_size - 1, start_method="spawn", join=False)
         try:
             dist.init_process_group(backend, init_method=init, rank=0, world_size=config.world_size)
@@ -970,12 +972,18 @@ def _stop_ranks(ranks: Any) -> None:
 
 
 def _rank_main(
-    index: int, config: TrainConfig, run_dir: Path, factory: Callable[[nn.Module], Any] | None, init: str, backend: str
+    index: int,
+    config: TrainConfig,
+    run_dir: Path,
+    factory: Callable[[nn.Module], Any] | None,
+    init: str,
+    backend: str,
+    threads: int,
 ) -> None:
     """A spawned rank (``index + 1``) of a DDP run: joins the group, trains its shares, writes nothing."""
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     dist.init_process_group(backend, init_method=init, rank=index + 1, world_size=config.world_size)
     try:
         _train_locked(config, run_dir, True, False, None, factory, rank=index + 1)
