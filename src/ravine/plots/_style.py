@@ -1,9 +1,12 @@
-"""Shared figure conventions: the Agg backend, one palette, atomic saves."""
+"""Shared figure conventions: the Agg backend, one palette, atomic saves, labelled reference lines, panel grids."""
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -49,3 +52,40 @@ def reference_lines(ax, hlines=(), vlines=()) -> None:
         ax.axvline(x, color="0.35", linestyle="--", linewidth=1)
         ax.annotate(lab, (x, 0.98), xycoords=("data", "axes fraction"), fontsize=7, color="0.3", rotation=90,
                     va="top", ha="right")
+
+
+def panel_grid(
+    path: str | os.PathLike,
+    panels: Sequence[Any],
+    draw: Callable[[Any, Any], None],
+    suptitle: str = "",
+    ncols: int | None = None,
+    panel_size: tuple[float, float] = (4.8, 3.8),
+) -> Path:
+    """Draw ``panels`` on a grid of axes with ``draw(ax, panel)`` and save the figure.
+
+    Args:
+        path: where to write it (the format from the suffix).
+        panels: what each axis shows, in reading order (at least one).
+        draw: draws one panel on one axis.
+        suptitle: one line above the panels; empty for none.
+        ncols: panels per row (default: all in one row, at most 3); unused axes are hidden.
+        panel_size: width and height of one panel in inches.
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`.
+    """
+    if not panels:
+        raise ValueError("panels must not be empty")
+    n = len(panels)
+    ncols = ncols or min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        draw(ax, panel)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout()
+    return save(fig, path)

@@ -12,7 +12,6 @@ produced no value (it is left out of the mean and the band).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from ravine.plots._style import plt, save
+from ravine.plots._style import panel_grid
 from ravine.plots.scaling import Trend, TrendPanel
 from ravine.plots.scaling import _draw as _draw_trends
 
@@ -32,19 +31,14 @@ _NORM_COLOR = {"post": 3, "pre": 0}
 def _plot(path: str | os.PathLike, panels: list[TrendPanel], suptitle: str, integer_x: Sequence[bool]) -> Path:
     """:func:`ravine.plots.scaling.plot_trends`'s layout, with whole-number ticks on the x axes of the
     panels flagged in ``integer_x`` (depths and block indices are counts, not continua)."""
-    ncols = min(len(panels), 3)
-    nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.8 * nrows), squeeze=False)
-    for ax, panel, integer in zip(axes.flat, panels, integer_x):
+
+    def draw(ax, item: tuple[TrendPanel, bool]) -> None:
+        panel, integer = item
         _draw_trends(ax, panel)
         if integer:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=11)
-    fig.tight_layout()
-    return save(fig, path)
+
+    return panel_grid(path, list(zip(panels, integer_x)), draw, suptitle)
 
 
 def _arm(norm: str, warmup: bool) -> str:

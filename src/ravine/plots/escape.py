@@ -15,7 +15,6 @@ Nothing is computed here except the surface's values on a grid for the contours.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from ravine.plots._style import color, plt, save
+from ravine.plots._style import color, panel_grid, plt
 from ravine.plots.experiments import Panel, _draw_panel
 from ravine.plots.surfaces import _draw_surface
 
@@ -143,27 +142,19 @@ def plot_grid(
     Returns:
         The path written.
     """
-    if not panels:
-        raise ValueError("panels must not be empty")
     for i, p in enumerate(panels):
         if not isinstance(p, (SurfacePanel, Panel)):
             raise TypeError(f"panels[{i}] must be a SurfacePanel or a Panel, got {type(p).__name__}")
-    n = len(panels)
-    ncols = ncols or min(n, 3)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.9 * nrows), squeeze=False)
-    for ax, panel in zip(axes.flat, panels):
-        if isinstance(panel, SurfacePanel):
-            _draw_surface_panel(ax, panel)
-        else:
-            _draw_panel(ax, panel)
-            xs = [np.asarray(s.x, dtype=float) for s in panel.series]
-            whole = xs and all(np.all(np.isfinite(x) & (x == np.round(x))) for x in xs)
-            if whole and not panel.logx and np.ptp(np.concatenate(xs)) <= 20:
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # seeds, counts: no 0.25 ticks
-    for ax in list(axes.flat)[n:]:
-        ax.set_visible(False)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=11)
-    fig.tight_layout()
-    return save(fig, path)
+    return panel_grid(path, panels, _draw_any, suptitle, ncols, panel_size=(4.8, 3.9))
+
+
+def _draw_any(ax, panel: SurfacePanel | Panel) -> None:
+    """A surface panel, or a line panel with whole-number x ticks where x counts (seeds, steps of 5)."""
+    if isinstance(panel, SurfacePanel):
+        _draw_surface_panel(ax, panel)
+        return
+    _draw_panel(ax, panel)
+    xs = [np.asarray(s.x, dtype=float) for s in panel.series]
+    whole = xs and all(np.all(np.isfinite(x) & (x == np.round(x))) for x in xs)
+    if whole and not panel.logx and np.ptp(np.concatenate(xs)) <= 20:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # seeds, counts: no 0.25 ticks

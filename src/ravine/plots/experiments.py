@@ -8,7 +8,6 @@ left out of line plots, marked with a cross in heatmaps and reported in the pane
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ravine.plots._style import color, plt, reference_lines, save
+from ravine.plots._style import color, panel_grid, plt, reference_lines, save
 
 __all__ = ["Series", "Panel", "Heatmap", "Bars", "plot_panels", "plot_heatmaps", "plot_bars"]
 
@@ -136,20 +135,7 @@ def _draw_panel(ax, panel: Panel) -> None:
 
 def plot_panels(path: str | os.PathLike, panels: Sequence[Panel], suptitle: str = "", ncols: int | None = None) -> Path:
     """Draw ``panels`` side by side (``ncols`` per row, default all in one row up to 3) and save a PNG."""
-    if not panels:
-        raise ValueError("panels must not be empty")
-    n = len(panels)
-    ncols = ncols or min(n, 3)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
-    for ax, panel in zip(axes.flat, panels):
-        _draw_panel(ax, panel)
-    for ax in list(axes.flat)[n:]:
-        ax.set_visible(False)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=11)
-    fig.tight_layout()
-    return save(fig, path)
+    return panel_grid(path, panels, _draw_panel, suptitle, ncols, panel_size=(4.6, 3.6))
 
 
 def plot_heatmaps(path: str | os.PathLike, maps: Sequence[Heatmap], cbar_label: str, suptitle: str = "") -> Path:

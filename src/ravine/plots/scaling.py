@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ravine.plots._style import color, plt, reference_lines, save
+from ravine.plots._style import color, panel_grid, reference_lines
 
 __all__ = ["Trend", "TrendPanel", "plot_trends"]
 
@@ -138,17 +138,4 @@ def plot_trends(
     Returns:
         ``path`` as a :class:`pathlib.Path`.
     """
-    if not panels:
-        raise ValueError("panels must not be empty")
-    n = len(panels)
-    ncols = ncols or min(n, 3)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.8 * nrows), squeeze=False)
-    for ax, panel in zip(axes.flat, panels):
-        _draw(ax, panel)
-    for ax in list(axes.flat)[n:]:
-        ax.set_visible(False)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=11)
-    fig.tight_layout()
-    return save(fig, path)
+    return panel_grid(path, panels, _draw, suptitle, ncols)
