@@ -950,6 +950,7 @@ def _train_ddp(
             dist.init_process_group(backend, init_method=init, rank=0, world_size=config.world_size)
             try:
                 _train_locked(config, run_dir, True, progress, on_step, optimizer_factory)
+                dist.barrier()  # no rank tears the group down while another is still in a collective
             finally:
                 dist.destroy_process_group()
         except BaseException:
@@ -987,6 +988,7 @@ def _rank_main(
     dist.init_process_group(backend, init_method=init, rank=index + 1, world_size=config.world_size)
     try:
         _train_locked(config, run_dir, True, False, None, factory, rank=index + 1)
+        dist.barrier()  # rank 0 may still be evaluating or checkpointing: leave together
     finally:
         dist.destroy_process_group()
 
