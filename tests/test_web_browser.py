@@ -825,3 +825,134 @@ def _preset(preset_id: str) -> dict:
     from ravine.web import teaching
 
     return next(p for p in teaching.presets() if p["id"] == preset_id)
+
+
+def _open_state(browser, server_url, state: dict, viewport=(1400, 900)):
+    """A new 1400x900 page loaded from a link's state; returns (context, page, problems)."""
+    import json
+    from urllib.parse import quote
+
+    ctx = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    pg = ctx.new_page()
+    problems: list[str] = []
+    pg.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda exc: problems.append(str(exc)))
+    pg.goto(server_url + "#" + quote(json.dumps(state)))
+    pg.wait_for_function("window.__ravine && window.__ravine.result() && window.__ravine.idle()", timeout=30_000)
+    return ctx, pg, problems
+
+
+def test_the_sweep_panel_explains_an_optimizer_with_one_setting(browser, server_url):
+    """Issue 15, sweep panel: with GD (lr only) both axis selectors read "lr" and the button was just disabled.
+
+    Every optimizer of GET /api/optimizers is put in the sweep: one with two or more float settings gets two
+    different axes and its sweep runs; one with a single setting shows that y has none, a hint names an
+    optimizer with two, and no request is sent. The hint's button loads momentum (lr x beta), whose sweep
+    runs; picking on y the setting shown on x swaps the axes. No /api/sweep request is ever refused.
+    """
+    import json
+    import urllib.request
+
+    catalog = json.load(urllib.request.urlopen(server_url + "api/optimizers"))
+    state = {"surface": {"name": "bowl", "params": {}, "expression": None}, "steps": 20,
+             "optimizers": [{"name": "gd", "color": "#2f5fd0", "hyperparams": {"lr": 0.1}}],
+             "sweep": {"opt": 0, "x": None, "y": None, "n": 16, "metric": "final_loss"}}
+    ctx, pg, problems = _open_state(browser, server_url, state)
+    sweeps: list[tuple[int, dict]] = []
+    pg.on("requestfinished", lambda r: sweeps.append((r.response().status, json.loads(r.post_data)))
+          if r.url.endswith("/api/sweep") else None)
+    try:
+        single = [o["name"] for o in catalog if sum(h["kind"] == "float" for h in o["hyperparams"]) < 2]
+        assert "gd" in single
+        for o in catalog:
+            floats = [h["name"] for h in o["hyperparams"] if h["kind"] == "float"]
+            pg.select_option("#optimizers .opt select.opt-name", o["name"])
+            _wait_idle(pg)
+            x, y = pg.input_value("#sweep-x"), pg.input_value("#sweep-y")
+            if len(floats) < 2:
+                assert x == floats[0]
+                assert pg.locator("#sweep-y").is_disabled() and "none" in pg.locator("#sweep-y").inner_text()
+                assert pg.locator("#btn-sweep").is_disabled()
+                hint = pg.locator("#sweep-hint")
+                sync_api.expect(hint).to_be_visible()
+                sync_api.expect(hint).to_contain_text(f"{o['name']} has one setting")
+                sync_api.expect(hint).to_contain_text("momentum")
+                continue
+            assert x in floats and y in floats and x != y, (o["name"], x, y)
+            assert pg.locator("#sweep-hint").is_hidden()
+            n = pg.evaluate("window.__ravine.sweeps")
+            pg.click("#btn-sweep")
+            pg.wait_for_function(f"window.__ravine.sweeps > {n}", timeout=30_000)
+            assert pg.locator("#sweep-error").is_hidden(), pg.inner_text("#sweep-error")
+        # back to GD: the hint's button loads an optimizer with two settings and its sweep runs
+        pg.select_option("#optimizers .opt select.opt-name", "gd")
+        _wait_idle(pg)
+        sent = len(sweeps)
+        pg.click("#sweep-hint button")
+        _wait_idle(pg)
+        assert pg.evaluate("window.__ravine.state().optimizers.map(o => o.name)") == ["gd", "momentum"]
+        sync_api.expect(pg.locator("#sweep-opt")).to_have_value("1")
+        assert (pg.input_value("#sweep-x"), pg.input_value("#sweep-y")) == ("lr", "beta")
+        assert pg.locator("#sweep-hint").is_hidden() and not pg.locator("#btn-sweep").is_disabled()
+        # the same setting on both axes is never sent: picking x's setting on y swaps the two
+        pg.select_option("#sweep-y", "lr")
+        assert (pg.input_value("#sweep-x"), pg.input_value("#sweep-y")) == ("beta", "lr")
+        n = pg.evaluate("window.__ravine.sweeps")
+        pg.click("#btn-sweep")
+        pg.wait_for_function(f"window.__ravine.sweeps > {n}", timeout=30_000)
+        assert len(sweeps) == sent + 1 and sweeps[-1][1]["x"]["name"] == "beta" and sweeps[-1][1]["y"]["name"] == "lr"
+        assert sweeps and all(status == 200 for status, _ in sweeps), [s for s, _ in sweeps]
+        assert len(sweeps) == len(catalog) - len(single) + 1
+        assert not problems, "\n".join(problems)
+    finally:
+        ctx.close()
+
+
+def _lr_axis(pg) -> dict:
+    return pg.evaluate(
+        """() => { const ya = document.getElementById('plot-lr')._fullLayout.yaxis;
+             return {type: ya.type, range: ya.range.slice(),
+                     ticks: Array.from(document.querySelectorAll('#plot-lr .ytick text')).map(t => t.textContent)}; }"""
+    )
+
+
+@pytest.mark.parametrize(
+    ("lrs", "schedule"),
+    [([1e-3], None), ([0.1], None), ([0.1, 1.0], None), ([0.3], {"name": "warmup_cosine", "params": {}})],
+)
+def test_the_learning_rate_panel_has_a_sensible_range(browser, server_url, lrs, schedule):
+    """Issue 15, learning-rate panel: a constant lr drew in a range around zero (0.1 in [-0.9, 1.1]).
+
+    Every lr the server returns lies inside the axis, the axis shows no negative learning rate, the
+    highest lr sits in the upper part of the panel (not squeezed against zero or an edge), two lrs a
+    decade apart get a log axis, and the tick labels are distinct short numbers (no float noise).
+    """
+    state = {"surface": {"name": "bowl", "params": {}, "expression": None}, "steps": 50,
+             "optimizers": [{"name": "gd", "color": "#2f5fd0", "hyperparams": {"lr": lr}} for lr in lrs],
+             "schedule": schedule or {"name": "constant", "params": {}}}
+    ctx, pg, problems = _open_state(browser, server_url, state)
+    try:
+        served = [v for r in pg.evaluate("window.__ravine.result().runs") for v in r["lr"]]
+        assert max(served) == pytest.approx(max(lrs))
+        ax = _lr_axis(pg)
+        lo, hi = ax["range"]
+        if ax["type"] == "log":
+            lo, hi = 10**lo, 10**hi
+            shown = [v for v in served if v > 0]
+            top = (math.log10(max(served)) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
+        else:
+            shown = served
+            top = (max(served) - lo) / (hi - lo)
+            assert lo >= 0, ax
+        assert (ax["type"] == "log") == (max(lrs) / min(lrs) >= 10), ax
+        assert all(lo <= v <= hi for v in shown), (ax, min(shown), max(shown))
+        assert 0.6 <= top <= 0.95, (ax, top)
+        if schedule is not None:
+            assert min(served) < 0.2 * max(served) and min(served) >= lo  # the warmup's start is drawn
+        ticks = ax["ticks"]
+        assert len(ticks) >= 2 and len(set(ticks)) == len(ticks), ticks
+        values = [float(t.replace("\u2212", "-")) for t in ticks]
+        assert all(v >= 0 for v in values) and all(len(t) <= 6 for t in ticks), ticks
+        assert not problems, "\n".join(problems)
+    finally:
+        ctx.close()

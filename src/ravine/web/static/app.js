@@ -93,12 +93,31 @@ function numText(v) {
   if (a < 1e-3 || a >= 1e5) return r.toExponential().replace("e+", "e");
   return String(r);
 }
+/* Text for a Plotly annotation: markup characters escaped, lines broken at spaces to at most `width` characters
+ * (an annotation does not wrap, and a long server message ran past the plot's edge). */
+function noteText(text, width = 64) {
+  const esc = String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  const lines = [];
+  let line = "";
+  for (const word of esc.split(/\s+/)) {
+    if (line && line.length + 1 + word.length > width) { lines.push(line); line = word; }
+    else line = line ? `${line} ${word}` : word;
+  }
+  if (line) lines.push(line);
+  return lines.join("<br>");
+}
+/* Hide the status message if `source` showed it. */
+function clearStatus(source) {
+  const s = $("status");
+  if (!s.hidden && s.dataset.source === source) { s.hidden = true; clearTimeout(timers.status); }
+}
 function debounce(key, ms, fn) {
   clearTimeout(timers[key]);
   timers[key] = setTimeout(fn, ms);
 }
-function showStatus(text, isError = false, ms = 3500) {
+function showStatus(text, isError = false, ms = 3500, source = null) {
   const s = $("status");
+  s.dataset.source = source || "";
   s.textContent = text;
   s.classList.toggle("error", isError);
   s.hidden = false;
@@ -237,13 +256,14 @@ async function pumpRuns() {
       runQ.drawn = seq;
       lastResult = data;
       viewError = null;
+      clearStatus("run");  // the message of a refused run no longer applies
       if (!anim.playing) anim.frame = state.frame = null;
       drawAll();
       window.__ravine.renders += 1;
     }
   } catch (e) {
     if (epoch === runQ.epoch && !runQ.again) {
-      showStatus("Trajectories: " + e.message, true, 6000);
+      showStatus("Trajectories: " + e.message, true, 6000, "run");
       // the runs drawn belong to the previous settings: clear them and say why nothing is drawn
       lastResult = null;
       viewError = { title: null, text: e.message };
@@ -362,7 +382,8 @@ function trajectoryTraces(frame) {
       type: "scatter", mode: "markers", x: clipped.map((s) => r.x[s]), y: clipped.map((s) => r.y[s]),
       name: `${r.label} clipped`, showlegend: false, legendgroup: "r" + i,
       hovertemplate: `${r.label}: gradient clipped at step %{customdata}<extra></extra>`, customdata: clipped,
-      marker: { symbol: "diamond-open", size: 8, color: c, line: { width: 1.5, color: c } },
+      // small and thin: a run clipped at every step still shows its path under the marks
+      marker: { symbol: "diamond-open", size: 6, color: c, opacity: 0.75, line: { width: 1, color: c } },
     });
   });
   const s = lastResult.start;
@@ -402,7 +423,7 @@ function drawContour() {
   const dom = surfaceInfo ? surfaceInfo.domain : [[-2, 2], [-2, 2]];
   const title = viewError && viewError.title ? viewError.title
     : surfaceInfo ? (surfaceInfo.expression ? `f(x, y) = ${surfaceInfo.expression}` : surfaceInfo.name) : "";
-  const notes = viewError ? [{ text: viewError.text, xref: "paper", yref: "paper", x: 0.5, y: 0.5, showarrow: false,
+  const notes = viewError ? [{ text: noteText(viewError.text), xref: "paper", yref: "paper", x: 0.5, y: 0.5, showarrow: false,
     font: { color: "#b3261e", size: 13 }, bgcolor: "rgba(255,255,255,0.92)", bordercolor: "#b3261e", borderpad: 6 }] : [];
   const layout = {
     margin: { l: 46, r: 12, t: 34, b: 40 }, dragmode: false, hovermode: "closest",
@@ -426,11 +447,53 @@ function sideLayout(ytitle, ylog, frame) {
   return {
     margin: { l: 54, r: 10, t: 6, b: 30 }, showlegend: false, hovermode: "x",
     xaxis: { title: { text: "step", standoff: 2 }, zeroline: false, range: [0, n], autorange: false },
+    // with no runs drawn the axis has no values to label (Plotly's default range would read as data)
     yaxis: { type: ylog ? "log" : "linear", title: { text: ytitle }, exponentformat: "e", tickformat: "",
-      nticks: ylog ? 4 : 5 },
+      nticks: ylog ? 4 : 5, showticklabels: !!lastResult },
     shapes: [{ type: "line", xref: "x", yref: "paper", x0: frame, x1: frame, y0: 0, y1: 1,
       line: { color: "#888", width: 1, dash: "dot" } }],
   };
+}
+
+/* Tick values and labels for a log axis over [lo, hi]: decades (every k-th one over many decades), else
+ * 1-2-5 steps (1-5 where those are more than five), each label the whole number ("20", "5e−4"). Plotly's
+ * own log ticks label the 2s and 5s inside a decade as bare "2" and "5", which read as values, and crowd
+ * 2..9 onto a short span. Returns {} (Plotly's ticks) when fewer than two values fall in the span. */
+function logTicks(lo, hi) {
+  if (!(lo > 0 && hi > lo && Number.isFinite(hi))) return {};
+  const a = Math.log10(lo), b = Math.log10(hi), span = b - a;
+  const every = span > 4.5 ? Math.ceil(span / 4) : 1;
+  let vals = [];
+  for (let e = Math.ceil(a / every) * every; e <= b + 1e-9; e += every) vals.push(Math.pow(10, e));
+  const steps = (ms) => {
+    const out = [];
+    for (let e = Math.floor(a); e <= Math.ceil(b); e++) {
+      for (const m of ms) {
+        const v = Number((m * Math.pow(10, e)).toPrecision(3));
+        if (v >= lo * (1 - 1e-9) && v <= hi * (1 + 1e-9)) out.push(v);
+      }
+    }
+    return out;
+  };
+  if (vals.length < 2) vals = steps([1, 2, 5]);
+  if (vals.length > 5) vals = steps([1, 5]);
+  if (vals.length < 2) return {};
+  const text = (v) => (v >= 1e-3 && v < 1e4 ? String(Number(v.toPrecision(3)))
+    : v.toExponential().replace("e+", "e").replace("-", "\u2212"));
+  return { tickmode: "array", tickvals: vals, ticktext: vals.map(text) };
+}
+/* The positive, finite extent of the traces' y values (the clipping rug on its own axis left out). */
+function yExtent(traces) {
+  let lo = Infinity, hi = -Infinity;
+  for (const t of traces) {
+    if (t.yaxis) continue;
+    for (const v of t.y) if (v !== null && v > 0 && Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+  }
+  return [lo, hi];
+}
+function withLogTicks(layout, traces) {
+  Object.assign(layout.yaxis, logTicks(...yExtent(traces)));
+  return layout;
 }
 
 function drawSide() {
@@ -462,7 +525,7 @@ function drawSide() {
       lr.push({ type: "scatter", mode: "lines", x: gsteps, y: r.lr, name: r.label, line: { color: c, width: 1.6 } });
     });
   }
-  const gl = sideLayout("‖g‖", true, frame);
+  const gl = withLogTicks(sideLayout("‖g‖", true, frame), grad);
   gl.yaxis2 = { overlaying: "y", range: [0, 1], visible: false, fixedrange: true };
   if (state.clip.kind === "norm") {
     gl.shapes.push({ type: "line", xref: "paper", x0: 0, x1: 1, y0: Number(state.clip.max), y1: Number(state.clip.max),
@@ -470,18 +533,56 @@ function drawSide() {
   }
   const cfg = { ...PLOT_CONFIG, displayModeBar: false };
   return Promise.all([
-    Plotly.react("plot-loss", loss, sideLayout(log ? "loss − min" : "loss", log, frame), cfg),
+    Plotly.react("plot-loss", loss, log ? withLogTicks(sideLayout("loss − min", true, frame), loss)
+      : sideLayout("loss", false, frame), cfg),
     Plotly.react("plot-grad", grad, gl, cfg),
-    Plotly.react("plot-lr", lr, sideLayout("lr", false, frame), cfg),
+    Plotly.react("plot-lr", lr, lrLayout(frame), cfg),
   ]);
+}
+
+/* The learning-rate panel's axis, from the lrs the server returned: linear from 0 to a little above the
+ * highest (a constant lr is a level line in the upper part, a warmup rises from 0), or logarithmic when the
+ * runs' peak lrs are a decade or more apart (the smaller would otherwise lie flat on zero). Plotly's own
+ * range for a flat line spans value ± 1, negative learning rates included. */
+function lrLayout(frame) {
+  const peaks = [];
+  let lowest = Infinity;
+  for (const r of (lastResult && lastResult.runs) || []) {
+    const finite = r.lr.filter((v) => v !== null && Number.isFinite(v));
+    if (!finite.length) continue;
+    peaks.push(Math.max(...finite));
+    for (const v of finite) if (v > 0 && v < lowest) lowest = v;
+  }
+  const hi = peaks.length ? Math.max(...peaks) : 0;
+  const log = hi > 0 && hi / Math.min(...peaks) >= 10;
+  const layout = sideLayout("lr", log, frame);
+  // Plotly's ticks in this range are short and exact (0.0005, 0.5e−5); the hover shows 4 significant digits
+  layout.yaxis = { ...layout.yaxis, hoverformat: ".4~g" };
+  if (!(hi > 0)) return layout;
+  if (log) {
+    // down to the lowest lr, but at most three decades below the smallest peak: a schedule's last values
+    // near zero (a cosine's 1e-9) do not squeeze the runs' levels into the top of the panel
+    const top = Math.log10(hi), bottom = Math.max(Math.log10(lowest), Math.log10(Math.min(...peaks)) - 3);
+    const pad = 0.15 * Math.max(top - bottom, 1);
+    layout.yaxis.range = [bottom - pad, top + pad];
+    Object.assign(layout.yaxis, logTicks(Math.pow(10, bottom - pad), Math.pow(10, top + pad)));
+  } else {
+    layout.yaxis.range = [0, 1.2 * hi];
+  }
+  layout.yaxis.autorange = false;
+  return layout;
 }
 
 function drawSummary() {
   const t = $("summary");
   t.replaceChildren();
   if (!lastResult) return;
-  t.append(el("tr", {}, el("th", {}, "optimizer"), el("th", {}, "final loss"), el("th", {}, "converged"),
-    el("th", {}, "status")));
+  // with no known minimum (a saddle, a typed expression) the server's tolerance is on the gradient norm
+  // (ravine.simulate): a run "converged" there may have stalled at a saddle, so the column says what it means
+  const byGrad = lastResult.global_min === null;
+  const tolHead = byGrad ? el("th", { title: "first step with ‖∇f‖ ≤ tol: a stationary point (no known minimum here)" },
+    "stationary") : el("th", { title: "first step with loss − min ≤ tol" }, "converged");
+  t.append(el("tr", {}, el("th", {}, "optimizer"), el("th", {}, "final loss"), tolHead, el("th", {}, "status")));
   lastResult.runs.forEach((r, i) => {
     // the end point as the server classified it (Hessian at the last position, once the gradient has died out)
     const end = { minimum: "at a minimum", saddle: "stalled at a saddle", maximum: "stalled at a maximum",
@@ -519,6 +620,7 @@ function drawSeeing() {
 }
 
 function drawAll() {
+  if (!lastCurv) $("curv-info").textContent = "no point probed yet";  // no readout of another surface or point
   drawSeeing();
   drawContour();
   drawSide();
@@ -784,15 +886,41 @@ function sweepOptimizer() {
 function floatParams(o) {
   return o ? catalog.optimizers[o.name].hyperparams.filter((h) => h.kind === "float") : [];
 }
+/* The optimizer the sweep panel suggests when the chosen one has a single setting: momentum (lr × beta). */
+function sweepableName() {
+  const two = (n) => floatParams({ name: n }).length >= 2;
+  return catalog.optimizers.momentum && two("momentum") ? "momentum" : catalog.optimizerList.find(two);
+}
+/* Sweep `name`: the first optimizer of that name in the view, added (with the surface's lr) if there is none. */
+function sweepInstead(name) {
+  let i = state.optimizers.findIndex((o) => o.name === name);
+  if (i < 0) {
+    const before = state.optimizers.length;
+    addOptimizer(name);
+    if (state.optimizers.length === before) return;  // at the cap: addOptimizer said so
+    i = before;
+  }
+  state.sweep.opt = i;
+  state.sweep.x = state.sweep.y = null;
+  renderSweepControls(true);
+  saveHash();
+}
 function axisDefault(h) {
   return { name: h.name, min: h.min > 0 || !h.log ? h.min : 1e-4, max: h.max, log: h.log };
 }
-function renderSweepControls() {
+/* The sweep panel from state.sweep. An optimizer with a single float setting (gd: lr only) cannot be swept:
+ * unless the user has just chosen it (keepChoice), the first optimizer with two is taken instead; when it
+ * stays, y shows that there is no second setting and a hint offers one that has two. x and y never name
+ * the same setting (the server refuses that). */
+function renderSweepControls(keepChoice = false) {
   const optSel = $("sweep-opt");
   const names = labels();
-  optSel.replaceChildren(...state.optimizers.map((o, i) => el("option", { value: i }, names[i])));
+  optSel.replaceChildren(...state.optimizers.map((o, i) => {
+    const fps = floatParams(o);
+    return el("option", { value: i }, fps.length < 2 ? `${names[i]} (${fps.map((h) => h.name).join(", ")} only)` : names[i]);
+  }));
   if (state.sweep.opt >= state.optimizers.length) state.sweep.opt = 0;
-  if (floatParams(state.optimizers[state.sweep.opt]).length < 2) {
+  if (!keepChoice && floatParams(state.optimizers[state.sweep.opt]).length < 2) {
     const k = state.optimizers.findIndex((q) => floatParams(q).length >= 2);
     if (k >= 0 && k !== state.sweep.opt) { state.sweep.opt = k; state.sweep.x = state.sweep.y = null; }
   }
@@ -801,35 +929,61 @@ function renderSweepControls() {
   const fps = floatParams(o);
   for (const ax of ["x", "y"]) {
     const sel = $(`sweep-${ax}`);
-    sel.replaceChildren(...fps.map((h) => el("option", { value: h.name }, h.name)));
     let cur = state.sweep[ax];
-    if (!cur || !fps.find((h) => h.name === cur.name)) {
-      const other = ax === "x" ? null : state.sweep.x && state.sweep.x.name;
+    const other = ax === "y" && state.sweep.x ? state.sweep.x.name : null;
+    if (!cur || !fps.find((h) => h.name === cur.name) || cur.name === other) {
       const pick = ax === "x" ? fps[0] : fps.find((h) => h.name !== other);
       cur = pick ? axisDefault(pick) : null;
       if (cur && cur.name === "lr") { cur.min = 1e-3; cur.max = 1; }
       state.sweep[ax] = cur;
     }
+    const inputs = [sel, $(`sweep-${ax}-min`), $(`sweep-${ax}-max`), $(`sweep-${ax}-log`)];
+    for (const inp of inputs) inp.disabled = !cur;
     if (cur) {
+      sel.replaceChildren(...fps.map((h) => el("option", { value: h.name }, h.name)));
       sel.value = cur.name;
-      $(`sweep-${ax}-min`).value = String(cur.min);
-      $(`sweep-${ax}-max`).value = String(cur.max);
+      $(`sweep-${ax}-min`).value = numText(cur.min);
+      $(`sweep-${ax}-max`).value = numText(cur.max);
       $(`sweep-${ax}-log`).checked = !!cur.log;
+    } else {
+      sel.replaceChildren(el("option", { value: "" }, "— none"));
+      $(`sweep-${ax}-min`).value = $(`sweep-${ax}-max`).value = "";
+      $(`sweep-${ax}-log`).checked = false;
     }
   }
   $("sweep-n").value = String(state.sweep.n);
   $("sweep-metric").value = state.sweep.metric;
-  $("btn-sweep").disabled = !o || fps.length < 2;
+  const ready = !!(o && state.sweep.x && state.sweep.y);
+  $("btn-sweep").disabled = !ready;
+  const hint = $("sweep-hint");
+  hint.hidden = ready;
+  if (!ready) {
+    const alt = sweepableName();
+    const why = o ? `${names[state.sweep.opt]} has one setting to sweep (${fps.map((h) => h.name).join(", ")}); a sweep needs two.`
+      : "A sweep needs an optimizer with two settings.";
+    const altAxes = alt ? floatParams({ name: alt }).slice(0, 2).map((h) => h.name).join(" × ") : "";
+    hint.replaceChildren(why, ...(alt ? [" Pick one that has two, such as ",
+      el("button", { class: "small", onclick: () => sweepInstead(alt) }, `${alt}: ${altAxes}`)] : []));
+  }
 }
 function readSweepControls() {
   state.sweep.opt = Number($("sweep-opt").value || 0);
   for (const ax of ["x", "y"]) {
     const name = $(`sweep-${ax}`).value;
     const prev = state.sweep[ax];
+    if (!name) continue;  // no setting on this axis (an optimizer with one): nothing to read
     if (!prev || prev.name !== name) {
-      const h = floatParams(sweepOptimizer()).find((q) => q.name === name);
-      state.sweep[ax] = h ? axisDefault(h) : null;
-      renderSweepControls();
+      const otherAx = ax === "x" ? "y" : "x";
+      const other = state.sweep[otherAx];
+      if (other && other.name === name) {
+        // the setting shown on the other axis: the two axes swap (with their ranges), never the same on both
+        state.sweep[ax] = other;
+        state.sweep[otherAx] = prev;
+      } else {
+        const h = floatParams(sweepOptimizer()).find((q) => q.name === name);
+        state.sweep[ax] = h ? axisDefault(h) : null;
+      }
+      renderSweepControls(true);
       continue;
     }
     prev.min = Number($(`sweep-${ax}-min`).value);
@@ -843,7 +997,8 @@ function readSweepControls() {
 async function runSweep() {
   readSweepControls();
   const o = sweepOptimizer();
-  if (!o) return;
+  // no request the server would refuse: two different settings, or the hint says what to do
+  if (!o || !state.sweep.x || !state.sweep.y || state.sweep.x.name === state.sweep.y.name) return;
   const n = state.sweep.n;
   const cap = catalog.limits.max_sweep_work || 4194304;
   const steps = Math.max(1, Math.min(state.steps, Math.floor(cap / (n * n))));
@@ -901,13 +1056,19 @@ function drawSweep() {
       hoverinfo: "skip", showlegend: false,
       marker: { symbol: "circle-open", size: 14, color: "#fff", line: { width: 3, color: "#fff" } } });
   }
+  const swept = state.sweep.request || state.sweep;  // the axes as swept, not as the controls read now
   const note = metric === "final_loss" ? "grey: diverged" : metric === "steps_to_tol" ? "grey: never converged (or diverged)" : "grey: did not diverge";
   Plotly.react("plot-sweep", traces, {
     margin: { l: 60, r: 10, t: 30, b: 44 }, plot_bgcolor: "#c9ccd3",
     title: { text: `${s.optimizer}: ${s.y_name} × ${s.x_name}  ·  ${s.steps} steps  ·  ${note}`, font: { size: 12 }, x: 0.01 },
-    xaxis: { title: { text: s.x_name }, type: state.sweep.x.log ? "log" : "linear" },
-    yaxis: { title: { text: s.y_name }, type: state.sweep.y.log ? "log" : "linear" },
+    xaxis: { title: { text: s.x_name }, ...sweepAxis(s.x_values, swept.x) },
+    yaxis: { title: { text: s.y_name }, ...sweepAxis(s.y_values, swept.y) },
   }, { ...PLOT_CONFIG, displayModeBar: false });
+}
+/* A sweep axis: log (with whole-number ticks) when the axis was swept in log steps. */
+function sweepAxis(values, axis) {
+  if (!axis || !axis.log) return { type: "linear" };
+  return { type: "log", ...logTicks(Math.min(...values), Math.max(...values)) };
 }
 function onSweepClick(ev) {
   if (!ev || !ev.points || !ev.points.length || !lastSweep) return;
@@ -994,7 +1155,8 @@ async function probe(point) {
       `condition    κ = ${fmt(data.condition_number)}`,
       `2/λmax       ${data.stability_lr === null ? "— (λmax ≤ 0: no GD limit here)" : fmt(data.stability_lr)}`,
       `kind         ${data.kind}`,
-      ...data.limits.map((l, i) => `lr limit     ${names[i]}: ${l.lr === null ? "none" : fmt(l.lr)} (${l.rule})`),
+      // the rule on its own line under the number (some are sentences: the readout wraps them)
+      ...data.limits.map((l, i) => `lr limit     ${names[i]}: ${l.lr === null ? "none" : fmt(l.lr)}\n  ${l.rule}`),
     ];
     $("curv-info").textContent = lines.join("\n");
     drawContour();
@@ -1199,7 +1361,11 @@ function wire() {
   for (const id of ["sweep-opt", "sweep-x", "sweep-y", "sweep-x-min", "sweep-x-max", "sweep-x-log", "sweep-y-min",
     "sweep-y-max", "sweep-y-log", "sweep-n", "sweep-metric"]) {
     $(id).addEventListener("change", () => {
-      if (id === "sweep-opt") { state.sweep.opt = Number($("sweep-opt").value); state.sweep.x = state.sweep.y = null; renderSweepControls(); }
+      if (id === "sweep-opt") {
+        state.sweep.opt = Number($("sweep-opt").value);
+        state.sweep.x = state.sweep.y = null;
+        renderSweepControls(true);  // the user's choice stays, even an optimizer with one setting (the hint says why)
+      }
       readSweepControls();
       if (id === "sweep-metric") drawSweep();
     });
