@@ -17,6 +17,10 @@ the page sends most: 6 optimizers (gd, momentum, nesterov, rmsprop, adam, adamw)
 (e) every client sends the same request at once (a class clicking the same preset): how many times it is
     computed (identical requests in flight share one computation) and the latency.
 
+Each configuration is measured without and with ``--compile`` (``--engines``), on a fresh server each; with
+``--compile`` the phases start once the workers answer the page's structures with compiled programs (they
+compile in the background; the warm-up's eager answers are not measured).
+
 Latency is the client's wall time; "compute" is the server's ``elapsed_ms`` (``ravine.simulate.run`` plus
 conversion). Absolute times depend on the machine and its load; compare figures printed by the same run.
 
@@ -24,6 +28,7 @@ Usage::
 
     python benchmarks/serve.py                         # the server's default --workers, (b) 50 x 20
     python benchmarks/serve.py --workers 0 2           # threads vs 2 worker processes, same run
+    python benchmarks/serve.py --engines compiled      # only the server with --compile
     python benchmarks/serve.py --quick                 # (a) 20 requests, (b) 50 x 2
 """
 
@@ -86,8 +91,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, workers: int | None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "ravine.cli", "serve", "--port", str(port)]
+def start_server(port: int, workers: int | None, compiled: bool) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ravine.cli", "serve", "--port", str(port)] + (["--compile"] if compiled else [])
     if workers is not None:
         cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -106,6 +111,29 @@ def start_server(port: int, workers: int | None) -> subprocess.Popen:
                 proc.terminate()
                 raise RuntimeError("server did not start within 120 s") from None
             time.sleep(0.2)
+
+
+def warm_compiled(base: str, steps: int, in_a_row: int = 12, timeout: float = 1800.0) -> float:
+    """Send distinct requests of the structures the phases use (the page's six optimizers; Adam alone, as a
+    slider drag recomputes it) until ``in_a_row`` consecutive answers of each were computed by compiled programs
+    (every worker process compiles each structure once, in the background); returns the seconds it took."""
+    t0 = time.perf_counter()
+    structures = [lambda j: make_request(0.05, steps, jitter=0.9 + j * 1e-6),
+                  lambda j: {**make_request(0.03 + j * 1e-7, steps, jitter=0.8), "optimizers": [
+                      {"name": "adam", "hyperparams": {"lr": 0.03 + j * 1e-7}}]}]
+    with httpx.Client(base_url=base, timeout=120) as c:
+        for make in structures:
+            row, j = 0, 0
+            while row < in_a_row:
+                if time.perf_counter() - t0 > timeout:
+                    raise RuntimeError(f"the structures did not compile within {timeout:.0f} s")
+                j += 1
+                r = c.post("/api/trajectories", json=make(j))
+                r.raise_for_status()
+                row = row + 1 if r.json()["engine"] == "compiled" else 0
+                if not row:
+                    time.sleep(0.5)  # the workers compile in the background; the eager answers are not measured
+    return time.perf_counter() - t0
 
 
 def big_lane(base: str) -> dict:
@@ -192,16 +220,21 @@ def wait_for(predicate, timeout: float = 120.0) -> float:
     return time.perf_counter() - t0
 
 
-def measure(workers: int | None, a: argparse.Namespace) -> dict:
+def measure(workers: int | None, compiled: bool, a: argparse.Namespace) -> dict:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start_server(port, workers)
+    proc = start_server(port, workers, compiled)
     try:
         mode = httpx.get(base + "/api/load").json()
         label = f"--workers {mode['workers']}" + (" (threads)" if mode["mode"] == "threads" else " (processes)")
+        label += " --compile" if compiled else ""
         load = " ".join(f"{x:.1f}" for x in os.getloadavg())
         print(f"\n=== ravine serve {label} on {base} ({os.cpu_count()} CPU cores; load average {load})")
         out: dict = {"label": label}
+        if compiled:
+            took = warm_compiled(base, a.steps)
+            print(f"    warm-up: the workers compiled the page's structures in the background in {took:.0f} s "
+                  "(eager answers meanwhile; not measured)")
 
         out.update(rps=float("nan"), p95=float("nan"), errors=0)
         if "a" in a.phases:
@@ -309,6 +342,8 @@ def small_under_big(base: str, port: int, a: argparse.Namespace, out: dict) -> N
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, nargs="*", default=[None], help="server --workers values to measure")
+    ap.add_argument("--engines", nargs="*", choices=["eager", "compiled"], default=["eager", "compiled"],
+                    help="measure the server without and with --compile (default both, in this order)")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--requests", type=int, default=40, help="sequential slider-drag requests (a)")
     ap.add_argument("--clients", type=int, default=50)
@@ -319,12 +354,13 @@ def main() -> int:
     a = ap.parse_args()
     if a.quick:
         a.requests, a.per_client, a.small = 20, 2, 10
-    results = [measure(w, a) for w in (a.workers or [None])]
+    results = [measure(w, e == "compiled", a) for w in (a.workers or [None]) for e in a.engines]
     if len(results) > 1 and "b" in a.phases:
         first = results[0]
         print("\nsame run, relative to the first configuration:")
         for r in results[1:]:
-            print(f"    {r['label']}: throughput x{r['rps'] / first['rps']:.2f}, p95 x{r['p95'] / first['p95']:.2f}")
+            print(f"    {r['label']}: throughput x{r['rps'] / first['rps']:.2f}, p95 x{r['p95'] / first['p95']:.2f}"
+                  + (f", slider p95 x{r['drag_p95'] / first['drag_p95']:.2f}" if "drag_p95" in r else ""))
     return 1 if any(r["errors"] for r in results) else 0
 
 

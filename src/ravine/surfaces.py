@@ -144,6 +144,22 @@ class Surface:
         """Whether a closed-form gradient is used (else autograd)."""
         return self._value_and_grad is not None
 
+    def program_key(self) -> tuple | None:
+        """A hashable key, equal for surfaces whose closed-form ``value_and_grad`` computes the same function:
+        its code and the numbers it closes over (a built-in's parameters); ``None`` without a closed form.
+
+        A program compiled for one surface (``ravine.simulate.run(..., compile=True)``) serves every surface
+        with the same key. A closed form that closes over anything but numbers is keyed by its identity.
+        """
+        vg = self._value_and_grad
+        if vg is None:
+            return None
+        code = getattr(vg, "__code__", None)
+        cells = tuple(c.cell_contents for c in (getattr(vg, "__closure__", None) or ()))
+        if code is None or not all(isinstance(c, (int, float, str)) for c in cells):
+            return ("object", id(vg), self.domain)
+        return (code, cells, self.domain)
+
     def value_and_grad(self, xy: torch.Tensor, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
         """``(f(xy), grad f(xy))``, detached, shapes ``(...)`` and ``(..., 2)``.
 

@@ -69,6 +69,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=64.0,
         help="megabytes of each cache: encoded responses, and runs (per worker process); default 64, 0 for none",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="step trajectories with compiled programs (ravine.simulate.run(compile=...)): several times less CPU "
+        "per request, for a class. Each structure (surface, optimizers, clipping, schedule, noise) compiles once "
+        "per worker process, in the background (10-90 s of a core); until then its requests are stepped eagerly",
+    )
     p.set_defaults(func=run)
 
 
@@ -106,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         run_cache_mb=args.cache_mb,
         allowed_hosts=names,
         allow_ip_hosts=any_ip,
+        compile=args.compile,
     )
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{args.port}/"
@@ -114,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"ravine serve: warning: listening on {host}, reachable from other machines; answering to the "
               f"Host names {shown_names} (--allowed-host adds one)")
     where = f"{args.workers} worker processes" if args.workers else "threads of this process"
+    where += ", compiled programs" if args.compile else ""
     print(f"Ravine playground at {url}  (API docs: {url}docs; computing in {where}; Ctrl+C to stop)", flush=True)
     if args.open:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()

@@ -304,9 +304,14 @@ def end_point(
 
 
 def _simulate(
-    req: models.TrajectoryRequest, which: list[int], should_stop: Callable[[], bool] | None = None
-) -> list[dict[str, Any]]:
-    """The runs of optimizers ``which`` of ``req``, simulated together by one ``ravine.simulate.run``."""
+    req: models.TrajectoryRequest,
+    which: list[int],
+    should_stop: Callable[[], bool] | None = None,
+    compile: bool = False,
+) -> tuple[list[dict[str, Any]], str]:
+    """The runs of optimizers ``which`` of ``req``, simulated together by one ``ravine.simulate.run`` (with
+    ``compile``: by its compiled program where that is ready, else eagerly while it compiles in the background),
+    and the engine that stepped them."""
     trajectories = sim.run(
         req.surface.surface,
         [req.optimizers[i].to_sim() for i in which],
@@ -319,6 +324,7 @@ def _simulate(
         clip=req.clip.to_sim() if req.clip else None,
         tol=req.tol,
         should_stop=should_stop,
+        compile="background" if compile else False,
     )
     return [
         {
@@ -340,7 +346,7 @@ def _simulate(
             ),
         }
         for j in range(len(which))
-    ]
+    ], trajectories.engine
 
 
 def _run_out(spec: models.OptimizerSpec, row: dict[str, Any]) -> dict[str, Any]:
@@ -369,6 +375,7 @@ def compute_trajectories(
     req: models.TrajectoryRequest,
     cache: LRUCache[dict[str, Any]] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Run ``ravine.simulate.run`` for ``req`` and convert the result to the ``TrajectoryOut`` layout.
 
@@ -378,14 +385,18 @@ def compute_trajectories(
     same noise sequence (``ravine.simulate``'s common random numbers), so a run computed alone equals
     the same run computed beside others, up to the rounding of batched hyperparameter tensors.
     ``should_stop`` goes to ``ravine.simulate.run`` (which raises ``ravine.simulate.Stopped`` when it
-    returns true).
+    returns true). ``compile``: step with ``ravine.simulate``'s compiled program of the request's structure
+    where it is ready, else eagerly while this process compiles it in the background (``compile="background"``);
+    the two agree to rounding.
     """
     t0 = time.perf_counter()
     keys = _run_keys(req)
     rows = [cache.get(k) if cache is not None else None for k in keys]
     missing = [i for i, row in enumerate(rows) if row is None]
+    engine = "cache"
     if missing:
-        for i, row in zip(missing, _simulate(req, missing, should_stop)):
+        simulated, engine = _simulate(req, missing, should_stop, compile)
+        for i, row in zip(missing, simulated):
             rows[i] = row
             if cache is not None:
                 cache.put(keys[i], row)
@@ -397,6 +408,7 @@ def compute_trajectories(
         "global_min": _global_min(req.surface.surface),
         "runs": [_run_out(spec, row) for spec, row in zip(req.optimizers, rows)],  # type: ignore[arg-type]
         "simulated_runs": len(missing),
+        "engine": engine,
         "elapsed_ms": (time.perf_counter() - t0) * 1e3,
     }
     return teaching.with_seeing(req, out, stability_limit)  # "what you are seeing", from these runs
@@ -613,24 +625,26 @@ def _check_out(req: models.ExpressionCheck) -> dict[str, Any]:
 
 
 #: The computations the server runs in its lanes, by kind: (request model, ``fn(req, should_stop,
-#: run_cache) -> dict``, response model). :func:`_work` runs one from the request's JSON, in a thread of the
+#: run_cache, compile) -> dict``, response model). :func:`_work` runs one from the request's JSON, in a thread of the
 #: server or in a worker process.
 _WORK: dict[str, tuple[type, Callable[..., dict[str, Any]], type]] = {
     "trajectories": (
         models.TrajectoryRequest,
-        lambda r, stop, cache: compute_trajectories(r, cache, stop),
+        lambda r, stop, cache, compile: compute_trajectories(r, cache, stop, compile),
         models.TrajectoryOut,
     ),
-    "sweep": (models.SweepRequest, lambda r, stop, cache: compute_sweep(r, stop), models.SweepOut),
-    "curvature": (models.CurvatureRequest, lambda r, stop, cache: compute_curvature(r), models.CurvatureOut),
-    "grid": (models.GridRequest, lambda r, stop, cache: _surface_out(r.surface.surface, r.n), models.SurfaceOut),
-    "check": (models.ExpressionCheck, lambda r, stop, cache: _check_out(r), models.ExpressionCheckOut),
+    "sweep": (models.SweepRequest, lambda r, stop, cache, compile: compute_sweep(r, stop), models.SweepOut),
+    "curvature": (models.CurvatureRequest, lambda r, stop, cache, compile: compute_curvature(r), models.CurvatureOut),
+    "grid": (
+        models.GridRequest, lambda r, stop, cache, compile: _surface_out(r.surface.surface, r.n), models.SurfaceOut
+    ),
+    "check": (models.ExpressionCheck, lambda r, stop, cache, compile: _check_out(r), models.ExpressionCheckOut),
 }
 
 
-def _work(kind: str, payload: str, should_stop: Callable[[], bool], cache: Any) -> bytes:
+def _work(kind: str, payload: str, should_stop: Callable[[], bool], cache: Any, compile: bool = False) -> bytes:
     """Compute request ``payload`` (JSON) of ``kind`` and return the encoded response (``"surfaces"``: the
-    payload is the grid side of ``GET /api/surfaces``)."""
+    payload is the grid side of ``GET /api/surfaces``; ``compile``: see :func:`compute_trajectories`)."""
     if kind == "surfaces":
         grid = int(payload)
         return json.dumps([_surface_out(rs.get(name), grid) for name in rs.names()], allow_nan=False).encode()
@@ -640,7 +654,7 @@ def _work(kind: str, payload: str, should_stop: Callable[[], bool], cache: Any) 
         return teaching.png_bytes(teaching.export_figure(export.request, job["result"], export.colors))
     request_model, fn, out_model = _WORK[kind]
     req = request_model.model_validate_json(payload)
-    return out_model.model_validate(fn(req, should_stop, cache)).model_dump_json().encode()
+    return out_model.model_validate(fn(req, should_stop, cache, compile)).model_dump_json().encode()
 
 
 def create_app(
@@ -652,6 +666,7 @@ def create_app(
     run_cache_mb: float = 64.0,
     allowed_hosts: Sequence[str] | None = None,
     allow_ip_hosts: bool = False,
+    compile: bool = False,
 ) -> FastAPI:
     """Build the playground app.
 
@@ -676,6 +691,11 @@ def create_app(
             bound address, ``localhost`` and its ``--allowed-host`` names.
         allow_ip_hosts: with ``allowed_hosts``, also answer to any IP address (``ravine serve`` sets it when
             bound to every interface).
+        compile: step trajectories with ``ravine.simulate``'s compiled programs (``compile="background"``): a
+            request whose structure (surface, optimizers, clipping, schedule, noise) has no program yet is
+            stepped eagerly while the process computing it compiles one in a background thread (about 10 to 90
+            s of one core, once per structure and process); later requests of that structure take several
+            times less CPU. ``GET /api/load`` shows the programs (``compile``).
     """
     if torch_threads is not None:
         torch.set_num_threads(max(1, int(torch_threads)))
@@ -684,7 +704,7 @@ def create_app(
     warm = models.TrajectoryRequest(optimizers=[models.OptimizerSpec(name="adam")], steps=2).model_dump_json()
     lanes = Lanes(
         workers, big_concurrency, run_cache, int(run_cache_mb * 2**20), torch_threads,
-        warm=(functools.partial(_work, "trajectories"), warm),
+        warm=(functools.partial(_work, "trajectories", compile=compile), warm),
     )
 
     @asynccontextmanager
@@ -715,7 +735,7 @@ def create_app(
     async def in_lane(kind: str, payload: str, small: bool, request: Request | None) -> bytes:
         """``_work(kind, payload)`` in its lane; raises ClientGone if the client left first."""
         receive = request.receive if request is not None else None
-        work = functools.partial(_work, kind)
+        work = functools.partial(_work, kind, compile=compile)
         return await shared.run(f"{kind}:{payload}", "small" if small else "big", work, payload, receive)
 
     async def computed(
@@ -788,7 +808,10 @@ def create_app(
 
     @app.get("/api/load", summary="The compute lanes: requests waiting and running, and how requests ended")
     def load() -> dict[str, Any]:
-        return {**lanes.snapshot(), "shared": shared.shared}
+        # the compiled programs live in the process that computes: this one in thread mode (each worker process
+        # has its own; a response's ``engine`` says which engine computed it)
+        programs = sim.compile_status() if compile and lanes.mode == "threads" else {}
+        return {**lanes.snapshot(), "shared": shared.shared, "compile": {"enabled": compile, **programs}}
 
     @app.get("/api/surfaces", response_model=list[models.SurfaceOut], summary="Built-in surfaces")
     async def surfaces(

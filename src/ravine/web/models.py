@@ -781,6 +781,11 @@ class TrajectoryOut(BaseModel):
     global_min: MaybeFloat
     runs: list[RunOut]
     simulated_runs: int = Field(..., description="runs simulated for this request (the others were cached)")
+    engine: Literal["compiled", "eager", "cache"] = Field(
+        "eager",
+        description="what stepped the simulated runs: ravine.simulate's compiled program of this structure, or the "
+        "eager loop (while that compiles, or with compilation off); 'cache' when every run came from the cache",
+    )
     elapsed_ms: float
     seeing: list[str] = Field(
         default_factory=list,

@@ -1,0 +1,164 @@
+"""``ravine.simulate.run(..., compile=...)``: the compiled programs against torch.optim loops (an oracle nobody
+here wrote) and against the eager engine, structure by structure; their reuse with new numbers, the ``"ready"``
+and ``"background"`` modes, the fallbacks, stopping, and the server's ``compile`` option.
+
+Each compiled structure costs seconds of compilation, so the tests share a few structures and compile them with
+a short block (``COMPILE_BLOCK = 4``; the block length is part of a program's key, so nothing here meets a
+program of the default length).
+"""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import ravine.simulate as sim
+import ravine.surfaces as rs
+
+pytest.importorskip("torch._inductor")
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def short_block(monkeypatch):
+    monkeypatch.setattr(sim, "COMPILE_BLOCK", 4)
+
+
+def _wait(predicate, timeout=900.0):
+    """Wait for ``predicate()`` (a state, not a duration: compilation takes what it takes on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "the state was not reached"
+        time.sleep(0.2)
+
+
+def _assert_same(a: sim.Trajectories, b: sim.Trajectories, rtol=1e-10):
+    np.testing.assert_allclose(a.positions, b.positions, rtol=rtol, atol=1e-12)
+    np.testing.assert_allclose(a.losses, b.losses, rtol=rtol, atol=1e-12)
+    np.testing.assert_allclose(a.grad_norms, b.grad_norms, rtol=rtol, atol=1e-12)
+    np.testing.assert_array_equal(a.lrs, b.lrs)
+    np.testing.assert_array_equal(a.clipped, b.clipped)
+    np.testing.assert_array_equal(a.diverged_at, b.diverged_at)
+    np.testing.assert_array_equal(a.steps_to_tol, b.steps_to_tol)
+
+
+# A structure with everything a program holds: two momentum runs batched into one transform ((2, 1) tensor
+# hyperparameters), Adam, RMSProp, per-row noise, norm clipping and a schedule.
+def _rich(lr_scale=1.0, start=(-1.5, 2.5), steps=37, compile=True):
+    optimizers = [
+        {"name": "momentum", "lr": 0.01 * lr_scale, "beta": 0.9},
+        {"name": "momentum", "lr": 0.02 * lr_scale, "beta": 0.8},
+        {"name": "adam", "lr": 0.05 * lr_scale},
+        {"name": "rmsprop", "lr": 0.01 * lr_scale},
+    ]
+    return sim.run("rosenbrock", optimizers, start=start, steps=steps, noise=0.5, seed=[1, 2, 3, 4],
+                   clip={"kind": "norm", "max": 5.0}, schedule={"name": "warmup_cosine", "warmup_steps": 5},
+                   compile=compile)
+
+
+def test_a_compiled_program_equals_the_eager_engine_and_is_reused_with_new_numbers():
+    compiled = _rich()
+    assert compiled.engine == "compiled" and compiled.extra == {}
+    eager = _rich(compile=False)
+    assert eager.engine == "eager"
+    _assert_same(compiled, eager)
+    assert compiled.clipped.any() and not compiled.clipped.all()  # the clipping record is exercised
+    ready = sim.compile_status()["ready"]
+    # other learning rates, start and length: the same program (no new one), refilled with the new numbers
+    again = _rich(lr_scale=1.7, start=(0.5, -0.5), steps=50)
+    assert again.engine == "compiled" and sim.compile_status()["ready"] == ready
+    _assert_same(again, _rich(lr_scale=1.7, start=(0.5, -0.5), steps=50, compile=False))
+
+
+def _torch_loop(surface, make_opt, steps):
+    p = torch.tensor(surface.start, dtype=F64, requires_grad=True)
+    opt = make_opt([p])
+    path = [p.detach().clone()]
+    for _ in range(steps):
+        opt.zero_grad()
+        surface.value(p).backward()
+        opt.step()
+        path.append(p.detach().clone())
+    return torch.stack(path).numpy()
+
+
+def test_compiled_runs_equal_torch_optim_loops_and_divergence_is_booked_as_eagerly():
+    """GD, heavy ball and Adam on the saddle (no global minimum: the gradient-norm criterion, whose exact
+    norms the program records); a GD run with a huge learning rate diverges and is frozen."""
+    s = rs.get("saddle")
+    specs = [{"name": "sgd", "lr": 0.05}, {"name": "sgd", "lr": 0.02, "momentum": 0.9},
+             {"name": "adam", "lr": 0.03}, {"name": "sgd", "lr": 40.0}]
+    tr = sim.run(s, specs, steps=45, compile=True)
+    assert tr.engine == "compiled"
+    oracles = [lambda ps: torch.optim.SGD(ps, lr=0.05), lambda ps: torch.optim.SGD(ps, lr=0.02, momentum=0.9),
+               lambda ps: torch.optim.Adam(ps, lr=0.03)]
+    for i, make in enumerate(oracles):
+        np.testing.assert_allclose(tr.positions[i], _torch_loop(s, make, 45), rtol=1e-10, atol=1e-12)
+    assert tr.diverged[3] and not tr.diverged[:3].any()
+    _assert_same(tr, sim.run(s, specs, steps=45))
+    d = tr.diverged_at[3]
+    assert (tr.positions[3, d:] == tr.positions[3, d]).all() and np.isnan(tr.grad_norms[3, d:]).all()
+
+
+def test_ready_mode_steps_eagerly_until_the_background_thread_has_compiled_the_structure():
+    specs = [{"name": "nesterov", "lr": 0.05}]
+    first = sim.run("bowl", specs, steps=20, compile="ready")
+    assert first.engine == "eager" and first.extra["compile"] == "not ready"
+    queued = sim.run("bowl", specs, steps=20, compile="background")
+    assert queued.engine == "eager"
+    _assert_same(first, queued, rtol=0)
+    _wait(lambda: sim.run("bowl", specs, steps=1, compile="ready").engine == "compiled")
+    later = sim.run("bowl", [{"name": "nesterov", "lr": 0.08}], steps=20, compile="ready")
+    assert later.engine == "compiled"
+    _assert_same(later, sim.run("bowl", [{"name": "nesterov", "lr": 0.08}], steps=20))
+
+
+def test_what_cannot_be_compiled_is_stepped_eagerly_and_says_why():
+    value_clip = sim.run("bowl", ["adam"], steps=5, clip={"kind": "value", "max": 0.1}, compile=True)
+    assert value_clip.engine == "eager" and "does not compile" in value_clip.extra["compile"]
+    expression = rs.parse("x**2 + 3*y**2")
+    parsed = sim.run(expression, ["adam"], steps=5, compile=True)
+    assert parsed.engine == "eager" and "no closed-form gradient" in parsed.extra["compile"]
+    with pytest.raises(ValueError, match="compile must be one of"):
+        sim.run("bowl", ["adam"], steps=5, compile="always")
+
+
+def test_a_compiled_run_stops_and_refuses_a_bad_start_as_the_eager_one_does():
+    calls = []
+
+    def stop_on_second_check():
+        calls.append(1)
+        return len(calls) >= 2
+
+    specs = [{"name": "nesterov", "lr": 0.05}]  # the structure of the "ready" test
+    with pytest.raises(sim.Stopped, match=f"stopped at step {sim.STOP_CHECK_STEPS} of 100"):
+        sim.run("bowl", specs, steps=100, should_stop=stop_on_second_check, compile=True)
+    assert sim.run("bowl", specs, steps=1, compile="ready").engine == "compiled"
+    calls.clear()
+    with pytest.raises(sim.Stopped, match=f"stopped at step {sim.STOP_CHECK_STEPS} of 100"):
+        sim.run("bowl", specs, steps=100, should_stop=stop_on_second_check)
+    with pytest.raises(ValueError, match="not finite"):
+        sim.run("bowl", specs, start=(1e300, 1e300), steps=10, compile=True)
+
+
+def test_the_server_compiles_in_the_background_and_answers_the_same_numbers():
+    from fastapi.testclient import TestClient
+
+    from ravine.web import create_app
+
+    body = {"surface": {"name": "bowl"}, "steps": 30, "optimizers": [{"name": "nesterov", "hyperparams": {"lr": 0.1}}]}
+    with TestClient(create_app(compile=True, cache_mb=0, run_cache_mb=0)) as client:
+        assert client.get("/api/load").json()["compile"]["enabled"] is True
+
+        def compiled() -> bool:
+            return client.post("/api/trajectories", json=body).json()["engine"] == "compiled"
+
+        _wait(compiled)
+        out = client.post("/api/trajectories", json=body).json()
+    with TestClient(create_app(cache_mb=0, run_cache_mb=0)) as client:
+        eager = client.post("/api/trajectories", json=body).json()
+    assert eager["engine"] == "eager"
+    np.testing.assert_allclose(out["runs"][0]["x"], eager["runs"][0]["x"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(out["runs"][0]["loss"], eager["runs"][0]["loss"], rtol=1e-10, atol=1e-12)
