@@ -267,40 +267,50 @@ def _run_keys(req: models.TrajectoryRequest) -> list[str]:
 STALL_RATIO = 1e-3
 
 
-def end_point(
-    surface: rs.Surface, position: np.ndarray, grad_norm0: float, diverged: bool, converged: bool = False
-) -> str:
-    """Where a run ended: ``"diverged"``, ``"moving"``, or the kind of critical point it stalled at.
+def end_points(
+    surface: rs.Surface, positions: np.ndarray, grad_norm0: np.ndarray, diverged: np.ndarray, converged: np.ndarray
+) -> list[str]:
+    """Where each run ended: ``"diverged"``, ``"moving"``, or the kind of critical point it stalled at.
 
     A run has stalled when it reached the loss tolerance (``converged``) or ``|grad f|`` at its last
     position is at most :data:`STALL_RATIO` times the gradient norm at its start (or below ``1e-12``);
     the point is then classified by the Hessian's
     eigenvalues (``ravine.curvature.critical_point_kind``): ``"minimum"``, ``"saddle"``,
     ``"maximum"``, or ``"plateau"`` (a zero eigenvalue and no sign change: the second-derivative test
-    is inconclusive, the surface is flat there).
+    is inconclusive, the surface is flat there). The gradients, and the Hessians of the runs that stalled,
+    are computed in one batch each.
 
     Args:
-        surface: the surface the run was on.
-        position: the run's last position ``(x, y)``.
-        grad_norm0: the norm of the gradient at the run's start.
-        diverged: whether the run diverged.
-        converged: whether the run's loss came within the tolerance of the global minimum's.
+        surface: the surface the runs were on.
+        positions: the runs' last positions, shape ``(R, 2)``.
+        grad_norm0: the norms of the gradient at the runs' starts, shape ``(R,)``.
+        diverged: whether each run diverged, shape ``(R,)``.
+        converged: whether each run's loss came within the tolerance of the global minimum's, shape ``(R,)``.
 
     Returns:
-        One of ``"diverged"``, ``"moving"``, ``"minimum"``, ``"saddle"``, ``"maximum"``, ``"plateau"``.
+        For each run one of ``"diverged"``, ``"moving"``, ``"minimum"``, ``"saddle"``, ``"maximum"``,
+        ``"plateau"``.
     """
-    if diverged or not np.isfinite(position).all():
-        return "diverged"
-    xy = torch.tensor([float(position[0]), float(position[1])], dtype=torch.float64)
-    g = float(torch.linalg.vector_norm(surface.grad(xy).detach().to(torch.float64)))
-    g0 = grad_norm0 if math.isfinite(grad_norm0) else 0.0
-    if not math.isfinite(g) or (not converged and g > max(STALL_RATIO * g0, 1e-12)):
-        return "moving"
-    H = surface.hessian(xy).detach().to(torch.float64)
-    if not bool(torch.isfinite(H).all()):
-        return "moving"
-    kind = critical_point_kind(torch.linalg.eigvalsh(0.5 * (H + H.T)), tol=1e-12)
-    return "plateau" if kind == "degenerate" else kind
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+    out = ["diverged" if d or not np.isfinite(p).all() else "moving" for p, d in zip(positions, diverged)]
+    alive = [i for i, e in enumerate(out) if e != "diverged"]
+    if not alive:
+        return out
+    xy = torch.tensor(positions[alive], dtype=torch.float64)
+    g = torch.linalg.vector_norm(surface.grad(xy).detach().to(torch.float64), dim=-1).tolist()
+    stalled = []
+    for i, gi in zip(alive, g):
+        g0 = float(grad_norm0[i]) if math.isfinite(float(grad_norm0[i])) else 0.0
+        if math.isfinite(gi) and (bool(converged[i]) or gi <= max(STALL_RATIO * g0, 1e-12)):
+            stalled.append(i)
+    if not stalled:
+        return out
+    H = surface.hessian(torch.tensor(positions[stalled], dtype=torch.float64)).detach().to(torch.float64)
+    for i, h in zip(stalled, H):
+        if bool(torch.isfinite(h).all()):
+            kind = critical_point_kind(torch.linalg.eigvalsh(0.5 * (h + h.T)), tol=1e-12)
+            out[i] = "plateau" if kind == "degenerate" else kind
+    return out
 
 
 def _simulate(
@@ -326,6 +336,13 @@ def _simulate(
         should_stop=should_stop,
         compile="background" if compile else False,
     )
+    ends = end_points(
+        req.surface.surface,
+        trajectories.positions[:, -1],
+        trajectories.grad_norms[:, 0] if req.steps else np.zeros(len(which)),
+        trajectories.diverged_at >= 0,
+        trajectories.steps_to_tol >= 0,
+    )
     return [
         {
             "label": trajectories.labels[j],
@@ -337,13 +354,7 @@ def _simulate(
             "clipped": np.flatnonzero(np.asarray(trajectories.clipped[j])),
             "diverged_at": int(trajectories.diverged_at[j]),
             "steps_to_tol": int(trajectories.steps_to_tol[j]),
-            "end": end_point(
-                req.surface.surface,
-                np.asarray(trajectories.positions[j][-1], dtype=np.float64),
-                float(trajectories.grad_norms[j][0]),
-                int(trajectories.diverged_at[j]) >= 0,
-                int(trajectories.steps_to_tol[j]) >= 0,
-            ),
+            "end": ends[j],
         }
         for j in range(len(which))
     ], trajectories.engine
@@ -704,7 +715,7 @@ def create_app(
     warm = models.TrajectoryRequest(optimizers=[models.OptimizerSpec(name="adam")], steps=2).model_dump_json()
     lanes = Lanes(
         workers, big_concurrency, run_cache, int(run_cache_mb * 2**20), torch_threads,
-        warm=(functools.partial(_work, "trajectories", compile=compile), warm),
+        warm=(functools.partial(_work, "trajectories"), warm),  # eager: the page's structures compile on demand
     )
 
     @asynccontextmanager
