@@ -858,9 +858,18 @@ def test_the_sweep_panel_explains_an_optimizer_with_one_setting(browser, server_
              "optimizers": [{"name": "gd", "color": "#2f5fd0", "hyperparams": {"lr": 0.1}}],
              "sweep": {"opt": 0, "x": None, "y": None, "n": 16, "metric": "final_loss"}}
     ctx, pg, problems = _open_state(browser, server_url, state)
-    sweeps: list[tuple[int, dict]] = []
-    pg.on("requestfinished", lambda r: sweeps.append((r.response().status, json.loads(r.post_data)))
-          if r.url.endswith("/api/sweep") else None)
+    sent: list[str] = []  # every /api/sweep request, as the browser sends it (events arrive in order)
+    pg.on("request", lambda r: sent.append(r.url) if r.url.endswith("/api/sweep") else None)
+
+    def sweep() -> dict:
+        """Click "Run sweep"; the request's body once its response is in and drawn (which must be a 200)."""
+        n = pg.evaluate("window.__ravine.sweeps")
+        with pg.expect_response(lambda r: r.url.endswith("/api/sweep"), timeout=30_000) as resp:
+            pg.click("#btn-sweep")
+        assert resp.value.status == 200, resp.value.text()
+        pg.wait_for_function(f"window.__ravine.sweeps > {n}", timeout=30_000)
+        return json.loads(resp.value.request.post_data)
+
     try:
         single = [o["name"] for o in catalog if sum(h["kind"] == "float" for h in o["hyperparams"]) < 2]
         assert "gd" in single
@@ -880,14 +889,12 @@ def test_the_sweep_panel_explains_an_optimizer_with_one_setting(browser, server_
                 continue
             assert x in floats and y in floats and x != y, (o["name"], x, y)
             assert pg.locator("#sweep-hint").is_hidden()
-            n = pg.evaluate("window.__ravine.sweeps")
-            pg.click("#btn-sweep")
-            pg.wait_for_function(f"window.__ravine.sweeps > {n}", timeout=30_000)
+            body = sweep()
+            assert (body["optimizer"]["name"], body["x"]["name"], body["y"]["name"]) == (o["name"], x, y)
             assert pg.locator("#sweep-error").is_hidden(), pg.inner_text("#sweep-error")
         # back to GD: the hint's button loads an optimizer with two settings and its sweep runs
         pg.select_option("#optimizers .opt select.opt-name", "gd")
         _wait_idle(pg)
-        sent = len(sweeps)
         pg.click("#sweep-hint button")
         _wait_idle(pg)
         assert pg.evaluate("window.__ravine.state().optimizers.map(o => o.name)") == ["gd", "momentum"]
@@ -897,12 +904,10 @@ def test_the_sweep_panel_explains_an_optimizer_with_one_setting(browser, server_
         # the same setting on both axes is never sent: picking x's setting on y swaps the two
         pg.select_option("#sweep-y", "lr")
         assert (pg.input_value("#sweep-x"), pg.input_value("#sweep-y")) == ("beta", "lr")
-        n = pg.evaluate("window.__ravine.sweeps")
-        pg.click("#btn-sweep")
-        pg.wait_for_function(f"window.__ravine.sweeps > {n}", timeout=30_000)
-        assert len(sweeps) == sent + 1 and sweeps[-1][1]["x"]["name"] == "beta" and sweeps[-1][1]["y"]["name"] == "lr"
-        assert sweeps and all(status == 200 for status, _ in sweeps), [s for s, _ in sweeps]
-        assert len(sweeps) == len(catalog) - len(single) + 1
+        body = sweep()
+        assert (body["optimizer"]["name"], body["x"]["name"], body["y"]["name"]) == ("momentum", "beta", "lr")
+        # one request per sweep run: none for the optimizers with one setting
+        assert len(sent) == len(catalog) - len(single) + 1
         assert not problems, "\n".join(problems)
     finally:
         ctx.close()
@@ -954,5 +959,139 @@ def test_the_learning_rate_panel_has_a_sensible_range(browser, server_url, lrs, 
         values = [float(t.replace("\u2212", "-")) for t in ticks]
         assert all(v >= 0 for v in values) and all(len(t) <= 6 for t in ticks), ticks
         assert not problems, "\n".join(problems)
+    finally:
+        ctx.close()
+
+
+def _tick_values(pg, plot: str, axis: str = "y") -> list[float]:
+    """A plot's tick labels of one axis, read as numbers (Unicode minus and 'e' exponents), bottom to top."""
+    texts = pg.evaluate(f"Array.from(document.querySelectorAll('#{plot} .{axis}tick text')).map(t => t.textContent)")
+    return [float(t.replace("\u2212", "-")) for t in texts]
+
+
+def test_walk_log_axes_label_values_that_read_as_values(browser, server_url):
+    """Issue 15, walking the page: log axes labelled the 2s and 5s inside a decade as bare "2" and "5"
+    ("1, 2, 5, 10, 2, 5, 100"): read as numbers, the labels of every log axis must increase.
+
+    Rosenbrock with clipping (gradient norms over about two decades) and an lr x beta sweep on log lr.
+    """
+    state = {"surface": {"name": "rosenbrock", "params": {}, "expression": None}, "steps": 150,
+             "optimizers": [{"name": "gd", "color": "#2f5fd0", "hyperparams": {"lr": 0.001}},
+                            {"name": "momentum", "color": "#d0452f", "hyperparams": {"lr": 0.05, "beta": 0.9}}],
+             "clip": {"kind": "norm", "max": 1.0},
+             "sweep": {"opt": 1, "x": {"name": "lr", "min": 0.001, "max": 1, "log": True},
+                       "y": {"name": "beta", "min": 0, "max": 0.99, "log": False}, "n": 16, "metric": "final_loss"}}
+    ctx, pg, problems = _open_state(browser, server_url, state)
+    try:
+        pg.click("#btn-sweep")
+        pg.wait_for_function("window.__ravine.sweeps > 0", timeout=30_000)
+        for plot, axis in [("plot-loss", "y"), ("plot-grad", "y"), ("plot-sweep", "x")]:
+            assert pg.evaluate(f"document.getElementById('{plot}')._fullLayout.{axis}axis.type") == "log"
+            values = _tick_values(pg, plot, axis)
+            assert len(values) >= 2 and all(a < b for a, b in zip(values, values[1:])), (plot, values)
+        assert not problems, "\n".join(problems)
+    finally:
+        ctx.close()
+
+
+def test_walk_a_refused_schedule_is_explained_inside_the_plot_and_cleared(browser, server_url):
+    """Issue 15, walking the page: picking "step decay" without a step size is refused by the server; its long
+    message ran past the contour's edge, and the red message stayed up after a step size made the run valid."""
+    state = {"surface": {"name": "bowl", "params": {}, "expression": None}, "steps": 100,
+             "optimizers": [{"name": "gd", "color": "#2f5fd0", "hyperparams": {"lr": 0.1}}]}
+    ctx, pg, problems = _open_state(browser, server_url, state)
+    try:
+        pg.select_option("#schedule", "step_decay")
+        pg.wait_for_function("window.__ravine.idle() && !window.__ravine.result()", timeout=20_000)
+        sync_api.expect(pg.locator("#status")).to_be_visible()
+        note = pg.locator("#contour .annotation").last
+        sync_api.expect(note).to_contain_text("step_size")
+        plot, box = pg.locator("#contour").bounding_box(), note.bounding_box()
+        assert plot["x"] <= box["x"] and box["x"] + box["width"] <= plot["x"] + plot["width"], (plot, box)
+        n = _renders(pg)
+        pg.fill("[data-sp=step_size]", "30")
+        pg.press("[data-sp=step_size]", "Enter")
+        _wait_render(pg, n)
+        lrs = pg.evaluate("window.__ravine.result().runs[0].lr")
+        assert lrs[29] == pytest.approx(0.1) and lrs[30] == pytest.approx(0.01)  # StepLR: x gamma every 30 steps
+        sync_api.expect(pg.locator("#status")).to_be_hidden()
+        sync_api.expect(pg.locator("#contour .annotation")).to_have_count(0)
+        # the refused requests' 422s are the only console errors
+        assert all("422" in p for p in problems), "\n".join(problems)
+    finally:
+        ctx.close()
+
+
+def test_walk_loss_panel_and_summary_on_surfaces_without_a_known_minimum(browser, server_url):
+    """Issue 15, walking the page: on a surface with no known minimum (the monkey saddle is unbounded below) the
+    loss panel drew log(loss - grid min), and a run below the grid's lowest value fell to the axis floor like a
+    convergence; the summary's "converged" column counted a stall on a saddle (the tolerance there is on the
+    gradient norm). The panel falls back to linear and says so; the column says "stationary"."""
+    import json
+    import urllib.request
+
+    # f = x^3 - 3 x y^2: from (-0.5, 0) gradient descent runs down the x axis, where f = x^3 falls without end
+    state = {"surface": {"name": "monkey_saddle", "params": {}, "expression": None}, "steps": 100,
+             "start": [-0.5, 0.0], "optimizers": [{"name": "gd", "color": "#2f5fd0", "hyperparams": {"lr": 0.05}}]}
+    ctx, pg, problems = _open_state(browser, server_url, state)
+    try:
+        result = pg.evaluate("window.__ravine.result()")
+        assert result["global_min"] is None
+        lowest = min(v for v in result["runs"][0]["loss"] if v is not None)
+        body = json.dumps({"surface": {"name": "monkey_saddle"}, "n": 120}).encode()
+        req = urllib.request.Request(server_url + "api/surface/grid", data=body,
+                                     headers={"Content-Type": "application/json"})
+        grid_min = json.load(urllib.request.urlopen(req))["grid"]["zmin"]
+        assert grid_min == pytest.approx(-16, rel=1e-6)  # x^3 - 3 x y^2 at (2, +-2)
+        assert lowest < grid_min  # a run went below every value of the contour's grid
+        assert pg.evaluate("document.getElementById('plot-loss')._fullLayout.yaxis.type") == "linear"
+        sync_api.expect(pg.locator("#loss-linear")).to_be_visible()
+        assert pg.locator("#summary th").nth(2).inner_text() == "stationary"
+        pg.select_option("#surface-select", "bowl")
+        pg.wait_for_function("window.__ravine.idle() && window.__ravine.result().surface === 'bowl'", timeout=20_000)
+        pg.wait_for_function("document.getElementById('plot-loss')._fullLayout.yaxis.type === 'log'", timeout=10_000)
+        sync_api.expect(pg.locator("#loss-linear")).to_be_hidden()
+        assert pg.locator("#summary th").nth(2).inner_text() == "converged"
+        assert not problems, "\n".join(problems)
+    finally:
+        ctx.close()
+
+
+def test_walk_no_optimizer_stale_messages_and_cramped_controls(browser, server_url):
+    """Issue 15, walking the page at 1400x900: "+ Add" wrapped onto two lines; the curvature readout's limit
+    rules ran out of its box; a refused sweep's message stayed under other settings; with every optimizer
+    removed the contour said nothing, the side panels kept tick labels of no data, and PNG/Python sent
+    requests the server refuses."""
+    state = {"surface": {"name": "rosenbrock", "params": {}, "expression": None}, "steps": 50,
+             "optimizers": [{"name": "gd", "color": "#2f5fd0", "hyperparams": {"lr": 0.001}},
+                            {"name": "adam", "color": "#d0452f", "hyperparams": {"lr": 0.05}}]}
+    ctx, pg, problems = _open_state(browser, server_url, state)
+    try:
+        add = pg.locator("#btn-add")
+        assert add.bounding_box()["height"] < 1.6 * pg.locator("#btn-link").bounding_box()["height"]
+        pg.click("#btn-probe-start")
+        pg.wait_for_function("window.__ravine.curvature()", timeout=20_000)
+        sync_api.expect(pg.locator("#curv-info")).to_contain_text("preconditioned")
+        assert pg.locator("#curv-info").evaluate("e => e.scrollWidth <= e.clientWidth")
+        # a refused sweep (log axis from 0), then another optimizer: the message goes with the settings
+        pg.check("#sweep-y-log")
+        pg.click("#btn-sweep")
+        sync_api.expect(pg.locator("#sweep-error")).to_contain_text("log axis")
+        pg.select_option("#optimizers .opt >> nth=1 >> select.opt-name", "momentum")
+        _wait_idle(pg)
+        sync_api.expect(pg.locator("#sweep-error")).to_be_hidden()
+        exports: list[str] = []
+        pg.on("request", lambda r: exports.append(r.url) if "/api/export/" in r.url else None)
+        while pg.locator("#optimizers .opt .remove").count():
+            pg.locator("#optimizers .opt .remove").first.click()
+        _wait_idle(pg)
+        sync_api.expect(pg.locator("#contour .annotation", has_text="no optimizer")).to_have_count(1)
+        assert pg.locator("#btn-png").is_disabled() and pg.locator("#btn-python").is_disabled()
+        pg.locator("#btn-python").click(force=True)
+        pg.locator("#btn-png").click(force=True)
+        for plot in ("plot-loss", "plot-grad", "plot-lr"):
+            assert pg.locator(f"#{plot} .ytick text").count() == 0, plot
+        assert exports == []
+        assert all("422" in p for p in problems), "\n".join(problems)
     finally:
         ctx.close()

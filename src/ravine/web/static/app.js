@@ -425,6 +425,11 @@ function drawContour() {
     : surfaceInfo ? (surfaceInfo.expression ? `f(x, y) = ${surfaceInfo.expression}` : surfaceInfo.name) : "";
   const notes = viewError ? [{ text: noteText(viewError.text), xref: "paper", yref: "paper", x: 0.5, y: 0.5, showarrow: false,
     font: { color: "#b3261e", size: 13 }, bgcolor: "rgba(255,255,255,0.92)", bordercolor: "#b3261e", borderpad: 6 }] : [];
+  if (!viewError && surfaceInfo && !state.optimizers.length) {
+    notes.push({ text: "no optimizer: add one with “+ Add” or click one of the chapter's figures (left)", xref: "paper", yref: "paper",
+      x: 0.5, y: 0.5, showarrow: false, font: { color: "#4a5263", size: 13 }, bgcolor: "rgba(255,255,255,0.92)",
+      borderpad: 6 });
+  }
   const layout = {
     margin: { l: 46, r: 12, t: 34, b: 40 }, dragmode: false, hovermode: "closest",
     title: { text: title, font: { size: 14 }, x: 0.02 },
@@ -496,11 +501,21 @@ function withLogTicks(layout, traces) {
   return layout;
 }
 
+/* Whether loss − min can be drawn on a log axis: the surface's minimum is known, or no run went below the
+ * grid's lowest value (a typed expression, an unbounded surface such as the monkey saddle): below it the
+ * difference is not positive and every such step would fall to the axis floor like a convergence. */
+function lossLogOk(m) {
+  if (!lastResult || lastResult.global_min !== null) return true;
+  return lastResult.runs.every((r) => r.loss.every((v) => v === null || v >= m));
+}
+
 function drawSide() {
   const frame = currentFrame();
   const loss = [], grad = [], lr = [];
-  const log = state.logLoss;
   const m = minLoss();
+  const logOk = lossLogOk(m);
+  const log = state.logLoss && logOk;
+  $("loss-linear").hidden = !state.logLoss || logOk;
   if (lastResult) {
     lastResult.runs.forEach((r, i) => {
       const c = runColor(i);
@@ -621,6 +636,8 @@ function drawSeeing() {
 
 function drawAll() {
   if (!lastCurv) $("curv-info").textContent = "no point probed yet";  // no readout of another surface or point
+  // the PNG and Python exports draw runs: with no optimizer there is nothing to export (the server refuses it)
+  for (const id of ["btn-png", "btn-python"]) $(id).disabled = !state.optimizers.length;
   drawSeeing();
   drawContour();
   drawSide();
@@ -913,6 +930,7 @@ function axisDefault(h) {
  * stays, y shows that there is no second setting and a hint offers one that has two. x and y never name
  * the same setting (the server refuses that). */
 function renderSweepControls(keepChoice = false) {
+  $("sweep-error").hidden = true;  // a refused sweep's message was about the settings these controls replace
   const optSel = $("sweep-opt");
   const names = labels();
   optSel.replaceChildren(...state.optimizers.map((o, i) => {
@@ -1361,6 +1379,7 @@ function wire() {
   for (const id of ["sweep-opt", "sweep-x", "sweep-y", "sweep-x-min", "sweep-x-max", "sweep-x-log", "sweep-y-min",
     "sweep-y-max", "sweep-y-log", "sweep-n", "sweep-metric"]) {
     $(id).addEventListener("change", () => {
+      $("sweep-error").hidden = true;
       if (id === "sweep-opt") {
         state.sweep.opt = Number($("sweep-opt").value);
         state.sweep.x = state.sweep.y = null;
