@@ -1058,15 +1058,22 @@ def test_walk_loss_panel_and_summary_on_surfaces_without_a_known_minimum(browser
 
 
 def test_walk_no_optimizer_stale_messages_and_cramped_controls(browser, server_url):
-    """Issue 15, walking the page at 1400x900: "+ Add" wrapped onto two lines; the curvature readout's limit
-    rules ran out of its box; a refused sweep's message stayed under other settings; with every optimizer
-    removed the contour said nothing, the side panels kept tick labels of no data, and PNG/Python sent
-    requests the server refuses."""
+    """Issue 15, walking the page at 1400x900: the Python export's long lines wrapped; "+ Add" wrapped onto two
+    lines; the curvature readout's limit rules ran out of its box; a refused sweep's message stayed under
+    other settings; with every optimizer removed the contour said nothing, the side panels kept tick labels
+    of no data, and PNG/Python sent requests the server refuses."""
     state = {"surface": {"name": "rosenbrock", "params": {}, "expression": None}, "steps": 50,
              "optimizers": [{"name": "gd", "color": "#2f5fd0", "hyperparams": {"lr": 0.001}},
                             {"name": "adam", "color": "#d0452f", "hyperparams": {"lr": 0.05}}]}
     ctx, pg, problems = _open_state(browser, server_url, state)
     try:
+        # the Python export is code: its long lines scroll, they are not wrapped into lines that do not parse
+        pg.click("#btn-python")
+        pg.wait_for_selector("#python-dialog[open]", timeout=10_000)
+        code = pg.locator("#python-code")
+        assert max(len(line) for line in code.input_value().splitlines()) > 150
+        assert code.evaluate("e => e.scrollWidth > e.clientWidth")
+        pg.click("#btn-python-close")
         add = pg.locator("#btn-add")
         assert add.bounding_box()["height"] < 1.6 * pg.locator("#btn-link").bounding_box()["height"]
         pg.click("#btn-probe-start")
