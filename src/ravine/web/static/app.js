@@ -1083,9 +1083,10 @@ function drawSweep() {
     yaxis: { title: { text: s.y_name }, ...sweepAxis(s.y_values, swept.y) },
   }, { ...PLOT_CONFIG, displayModeBar: false });
 }
-/* A sweep axis: log (with whole-number ticks) when the axis was swept in log steps. */
+/* A sweep axis: log (with whole-number ticks) when the axis was swept in log steps, else linear. */
 function sweepAxis(values, axis) {
-  if (!axis || !axis.log) return { type: "linear" };
+  // no zero line: at β = 0 it would draw over the bottom row of cells
+  if (!axis || !axis.log) return { type: "linear", zeroline: false };
   return { type: "log", ...logTicks(Math.min(...values), Math.max(...values)) };
 }
 function onSweepClick(ev) {
