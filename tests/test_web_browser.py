@@ -995,28 +995,34 @@ def test_walk_log_axes_label_values_that_read_as_values(browser, server_url):
 
 
 def test_walk_a_refused_schedule_is_explained_inside_the_plot_and_cleared(browser, server_url):
-    """Issue 15, walking the page: picking "step decay" without a step size is refused by the server; its long
-    message ran past the contour's edge, and the red message stayed up after a step size made the run valid."""
+    """Issue 15, walking the page: a schedule the server refuses (here a warmup longer than the run) came back
+    as a long message that ran past the contour's edge, and the red message stayed up after the settings
+    were made valid."""
     state = {"surface": {"name": "bowl", "params": {}, "expression": None}, "steps": 100,
              "optimizers": [{"name": "gd", "color": "#2f5fd0", "hyperparams": {"lr": 0.1}}]}
     ctx, pg, problems = _open_state(browser, server_url, state)
     try:
-        pg.select_option("#schedule", "step_decay")
+        n = _renders(pg)
+        pg.select_option("#schedule", "warmup_cosine")
+        _wait_render(pg, n)
+        field = pg.locator("[data-sp=warmup_steps]")
+        field.fill("500")
+        field.press("Enter")
         pg.wait_for_function("window.__ravine.idle() && !window.__ravine.result()", timeout=20_000)
         sync_api.expect(pg.locator("#status")).to_be_visible()
         note = pg.locator("#contour .annotation").last
-        sync_api.expect(note).to_contain_text("step_size")
+        sync_api.expect(note).to_contain_text("warmup_steps")
         plot, box = pg.locator("#contour").bounding_box(), note.bounding_box()
         assert plot["x"] <= box["x"] and box["x"] + box["width"] <= plot["x"] + plot["width"], (plot, box)
         n = _renders(pg)
-        pg.fill("[data-sp=step_size]", "30")
-        pg.press("[data-sp=step_size]", "Enter")
+        field.fill("10")
+        field.press("Enter")
         _wait_render(pg, n)
         lrs = pg.evaluate("window.__ravine.result().runs[0].lr")
-        assert lrs[29] == pytest.approx(0.1) and lrs[30] == pytest.approx(0.01)  # StepLR: x gamma every 30 steps
+        assert lrs[0] < 0.02 and max(lrs) == pytest.approx(0.1)  # a warmup up to the optimizer's lr
         sync_api.expect(pg.locator("#status")).to_be_hidden()
         sync_api.expect(pg.locator("#contour .annotation")).to_have_count(0)
-        # the refused requests' 422s are the only console errors
+        # the refused request's 422 is the only console error
         assert all("422" in p for p in problems), "\n".join(problems)
     finally:
         ctx.close()
