@@ -188,6 +188,39 @@ def test_warmup_cosine_schedule_follows_the_published_formula(client):
     np.testing.assert_allclose(x[1:], np.asarray(x[:-1]) * (1 - np.asarray(expect)), rtol=1e-12)
 
 
+def test_step_decay_without_parameters_steps_every_quarter_of_the_run_as_torch_steplr(client):
+    """The page can set step_size only (milestones are a list): left out, it is a quarter of the run."""
+    steps, lr = 40, 0.3
+    req = {"surface": {"name": "bowl"}, "steps": steps, "optimizers": [{"name": "gd", "hyperparams": {"lr": lr}}],
+           "schedule": {"name": "step_decay", "params": {"gamma": 0.5}}}
+    r = client.post("/api/trajectories", json=req)
+    assert r.status_code == 200, r.text
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=steps // 4, gamma=0.5)
+    expect = []
+    for _ in range(steps):
+        expect.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose(r.json()["runs"][0]["lr"], expect, rtol=1e-12)
+    catalog = {s["name"]: s for s in client.get("/api/schedules").json()}
+    assert "quarter" in {q["name"]: q for q in catalog["step_decay"]["params"]}["step_size"]["auto"]
+
+
+def test_the_response_says_what_steps_to_tol_measures(client):
+    """On the saddle x^2 - y^2 (no global minimum) from (-1.8, 0), GD at lr 0.1 has x_k = 0.8^k x_0 and
+    |grad f| = 2 |x_k|: its first step with |grad f| <= tol is the stationary criterion's; on the bowl, the loss gap."""
+    body = {"surface": {"name": "saddle"}, "steps": 80, "tol": 1e-3,
+            "optimizers": [{"name": "gd", "hyperparams": {"lr": 0.1}}]}
+    out = client.post("/api/trajectories", json=body).json()
+    assert out["tol_criterion"] == "grad_norm" and out["global_min"] is None
+    k = next(k for k in range(81) if 2 * 1.8 * 0.8**k <= 1e-3)
+    assert out["runs"][0]["steps_to_tol"] == k
+    bowl = client.post("/api/trajectories", json={**body, "surface": {"name": "bowl"}}).json()
+    assert bowl["tol_criterion"] == "loss_gap" and bowl["global_min"] == 0.0
+
+
 def test_diverging_run_is_flagged_and_json_stays_finite(client):
     req = {
         "surface": {"name": "valley", "params": {"condition": 25.0}},

@@ -100,6 +100,17 @@ def test_gd_at_lr_lambda_1_9_zigzags_and_says_so():
     assert "lr × λmax = 1.9" in line and "close to its limit 2" in line
 
 
+def test_a_clipped_gd_run_above_its_limit_is_said_to_be_above_it():
+    """GD at lr 0.2 on Rosenbrock (lr x lambda_max in the hundreds near the valley) with norm clipping at 0.5:
+    every step is clipped, so the run zig-zags instead of diverging; its lr is far above 2 / lambda_max."""
+    said, out = _seeing({"surface": {"name": "rosenbrock"}, "steps": 300, "clip": {"kind": "norm", "max": 0.5},
+                         "optimizers": [{"name": "gd", "label": "gd", "hyperparams": {"lr": 0.2}}]})
+    line = next(s for s in said if "zig-zags" in s)
+    x, cap = _numbers(line.split("=", 1)[1])[:2]
+    assert x > cap == 2 and "above its limit 2" in line and "close to" not in line
+    assert f"{len(out['runs'][0]['clipped_steps'])} of its 300 steps were clipped" in line
+
+
 def test_gd_below_lr_lambda_1_walks_straight():
     """GD on the bowl (Hessian diag(1, 2)) with lr 0.1: lr lambda_max = 0.2; the slow direction shrinks by 0.9."""
     said, out = _seeing({"surface": {"name": "bowl"}, "steps": 60,

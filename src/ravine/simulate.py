@@ -68,8 +68,8 @@ from ravine.parallel import Executor, InProcess, Task, values
 from ravine.surfaces import Surface
 from ravine.surfaces import get as get_surface
 
-__all__ = ["Trajectories", "Sweep", "Stopped", "run", "sweep", "compile_status", "DIVERGENCE_FACTOR", "MAX_STEPS",
-           "MAX_RUNS", "STOP_CHECK_STEPS", "COMPILE_BLOCK", "COMPILE_CACHE", "COMPILE_MAX_CHAINS"]
+__all__ = ["Trajectories", "Sweep", "Stopped", "run", "sweep", "compile_status", "tol_criterion", "DIVERGENCE_FACTOR",
+           "MAX_STEPS", "MAX_RUNS", "STOP_CHECK_STEPS", "COMPILE_BLOCK", "COMPILE_CACHE", "COMPILE_MAX_CHAINS"]
 
 DIVERGENCE_FACTOR = 1e3
 """A run is diverged once it is this many domain widths (heights) away from the domain's centre."""
@@ -239,6 +239,12 @@ class Sweep:
                       for k, v in self.fixed.items()},
             "start": list(self.start),
         }
+
+
+def tol_criterion(surface: Surface) -> str:
+    """What ``steps_to_tol`` measures on ``surface``: ``"loss_gap"`` (``loss - f_min <= tol``) where its global
+    minimum is known, else ``"grad_norm"`` (``||grad f|| <= tol``: a stationary point)."""
+    return "loss_gap" if surface.global_minimum is not None else "grad_norm"
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -1133,7 +1139,7 @@ def run(
         steps_to_tol=out.steps_to_tol[inverse].cpu().numpy(),
         steps=steps,
         tol=tol,
-        tol_criterion="loss_gap" if surface.global_minimum is not None else "grad_norm",
+        tol_criterion=tol_criterion(surface),
         noise=noise,
         batch_size=batch_size,
         seed=seeds,
@@ -1276,7 +1282,7 @@ def sweep(
         diverged_at=out.diverged_at.reshape(ny, nx).cpu().numpy(),
         steps=steps,
         tol=tol,
-        tol_criterion="loss_gap" if surface.global_minimum is not None else "grad_norm",
+        tol_criterion=tol_criterion(surface),
         fixed=fixed_used,
         start=tuple(float(v) for v in xy0[0].tolist()),  # type: ignore[arg-type]
     )

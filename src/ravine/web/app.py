@@ -177,7 +177,8 @@ def schedule_catalog() -> list[dict[str, Any]]:
         for p in rsch.parameters(name):
             if p.kind == "ints":
                 continue
-            auto = models.SCHEDULE_AUTO.get(p.name, (None, None))[0] if p.required else None
+            filled = p.required or (name, p.name) in models.SCHEDULE_AUTO_OPTIONAL
+            auto = models.SCHEDULE_AUTO.get(p.name, (None, None))[0] if filled else None
             params.append(
                 {
                     "name": p.name,
@@ -417,6 +418,7 @@ def compute_trajectories(
         "start": tuple(req.start) if req.start is not None else (float(first[0]), float(first[1])),
         "steps": req.steps,
         "global_min": _global_min(req.surface.surface),
+        "tol_criterion": sim.tol_criterion(req.surface.surface),
         "runs": [_run_out(spec, row) for spec, row in zip(req.optimizers, rows)],  # type: ignore[arg-type]
         "simulated_runs": len(missing),
         "engine": engine,

@@ -429,14 +429,20 @@ SCHEDULE_AUTO: dict[str, tuple[str, Any]] = {
     "stable_steps": ("70% of the steps", lambda n: max(0, round(0.7 * n))),
     "decay_steps": ("the steps left after warmup and stable", None),
     "gamma": ("0.99", lambda n: 0.99),
+    "step_size": ("a quarter of the steps (when milestones are not given)", lambda n: max(1, round(n / 4))),
 }
+
+#: Optional parameters that are filled in all the same when a request leaves them out, because the schedule
+#: needs one of two alternatives and the page can set only this one (``milestones`` is a list).
+SCHEDULE_AUTO_OPTIONAL: frozenset[tuple[str, str]] = frozenset({("step_decay", "step_size")})
 
 
 def schedule_auto(name: str, params: dict[str, Any], steps: int) -> dict[str, Any]:
     """``params`` completed with the automatic values of :data:`SCHEDULE_AUTO` for schedule ``name``."""
     out = dict(params)
     for p in rsch.parameters(name):
-        if p.name in out or not p.required or p.name not in SCHEDULE_AUTO:
+        wanted = p.required or ((name, p.name) in SCHEDULE_AUTO_OPTIONAL and "milestones" not in out)
+        if p.name in out or not wanted or p.name not in SCHEDULE_AUTO:
             continue
         fn = SCHEDULE_AUTO[p.name][1]
         if fn is not None:
@@ -779,6 +785,11 @@ class TrajectoryOut(BaseModel):
     start: tuple[float, float]
     steps: int
     global_min: MaybeFloat
+    tol_criterion: Literal["loss_gap", "grad_norm"] = Field(
+        "loss_gap",
+        description="what steps_to_tol measures: 'loss_gap' (loss - global_min <= tol) where the global minimum is "
+        "known, else 'grad_norm' (|grad f| <= tol: a stationary point)",
+    )
     runs: list[RunOut]
     simulated_runs: int = Field(..., description="runs simulated for this request (the others were cached)")
     engine: Literal["compiled", "eager", "cache"] = Field(

@@ -460,6 +460,10 @@ def _zigzag(run: _Run, curv: _Curvature, limit: LimitFn) -> str | None:
     lr = float(run.lr[0])
     x, cap = lr * lam, float(lim["lr"]) * lam
     if flips >= ZIGZAG_FLIPS:
+        if x > cap:  # unstable: only something else (clipping) bounds its steps
+            clipped = f"; {len(run.clipped)} of its {len(run.lr)} steps were clipped" if run.clipped else ""
+            return (f"{run.label} zig-zags across the valley: lr × λmax = {_num(x)}, above its limit {_num(cap)}"
+                    f"{clipped}")
         near = "close to" if x >= 0.8 * cap else "below"
         return f"{run.label} zig-zags across the valley: lr × λmax = {_num(x)}, {near} its limit {_num(cap)}"
     if flips == 0 and run.spec.name == "gd" and x < 1:

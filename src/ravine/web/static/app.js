@@ -594,7 +594,7 @@ function drawSummary() {
   if (!lastResult) return;
   // with no known minimum (a saddle, a typed expression) the server's tolerance is on the gradient norm
   // (ravine.simulate): a run "converged" there may have stalled at a saddle, so the column says what it means
-  const byGrad = lastResult.global_min === null;
+  const byGrad = lastResult.tol_criterion === "grad_norm";
   const tolHead = byGrad ? el("th", { title: "first step with ‖∇f‖ ≤ tol: a stationary point (no known minimum here)" },
     "stationary") : el("th", { title: "first step with loss − min ≤ tol" }, "converged");
   t.append(el("tr", {}, el("th", {}, "optimizer"), el("th", {}, "final loss"), tolHead, el("th", {}, "status")));
