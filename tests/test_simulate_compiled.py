@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import ravine.optim as ro
 import ravine.simulate as sim
 import ravine.surfaces as rs
 
@@ -115,12 +116,30 @@ def test_ready_mode_steps_eagerly_until_the_background_thread_has_compiled_the_s
     _assert_same(later, sim.run("bowl", [{"name": "nesterov", "lr": 0.08}], steps=20))
 
 
+def test_a_typed_expression_is_compiled_with_torch_func_and_keyed_by_its_text():
+    """f = x^2 + 3 y^2 + sin(x y) has no closed-form gradient here: the program differentiates it by
+    torch.func.grad; a second parse of the same text (the server parses every request) reuses the program."""
+    text = "x**2 + 3*y**2 + sin(x*y)"
+    specs = [{"name": "adam", "lr": 0.05}, {"name": "sgd", "lr": 0.05, "momentum": 0.5}]
+    compiled = sim.run(rs.parse(text), specs, start=(1.5, -1.0), steps=30, compile=True)
+    assert compiled.engine == "compiled"
+    _assert_same(compiled, sim.run(rs.parse(text), specs, start=(1.5, -1.0), steps=30))
+    x, y = 1.5, -1.0  # the gradient of the first step, in closed form: the runs' first gradient norm
+    first = np.hypot(2 * x + y * np.cos(x * y), 6 * y + x * np.cos(x * y))
+    np.testing.assert_allclose(compiled.grad_norms[:, 0], first, rtol=1e-12)
+    ready = sim.compile_status()["ready"]
+    assert sim.run(rs.parse(text), specs, steps=5, compile="ready").engine == "compiled"
+    assert sim.compile_status()["ready"] == ready
+
+
 def test_what_cannot_be_compiled_is_stepped_eagerly_and_says_why():
     value_clip = sim.run("bowl", ["adam"], steps=5, clip={"kind": "value", "max": 0.1}, compile=True)
-    assert value_clip.engine == "eager" and "does not compile" in value_clip.extra["compile"]
-    expression = rs.parse("x**2 + 3*y**2")
-    parsed = sim.run(expression, ["adam"], steps=5, compile=True)
-    assert parsed.engine == "eager" and "no closed-form gradient" in parsed.extra["compile"]
+    assert value_clip.engine == "eager" and value_clip.extra["compile"] == "clip_by_value does not compile"
+    scheduled = ro.adam(lr=lambda t: 0.1 / (1 + t))  # a schedule as a hyperparameter of a Transform object
+    assert "lr is a schedule" in sim.run("bowl", [scheduled], steps=5, compile=True).extra["compile"]
+    nine = [{"name": n} for n in ("gd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adagrad", "lion", "adopt")]
+    many = sim.run("bowl", nine, steps=3, compile=True)
+    assert many.engine == "eager" and "at most 8" in many.extra["compile"]
     with pytest.raises(ValueError, match="compile must be one of"):
         sim.run("bowl", ["adam"], steps=5, compile="always")
 

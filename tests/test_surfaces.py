@@ -47,6 +47,8 @@ def test_closed_form_gradient_equals_autograd(name):
     torch.testing.assert_close(v1, v2, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(v1, s.value(p), rtol=0, atol=0)
+    v3, g3 = s.value_and_grad(p, method="functional")  # torch.func.grad: the same backward pass
+    torch.testing.assert_close((v3, g3), (v2, g2), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", CONTRACT_NAMES)
@@ -208,7 +210,7 @@ def test_get_errors_name_what_is_allowed():
         (lambda: rs.get("bowl").grid(1), ValueError, r"n must be an integer in \[2, 2000\], got 1"),
         (lambda: rs.get("bowl").grid(2.5), ValueError, r"n must be an integer in \[2, 2000\], got 2.5"),
         (lambda: rs.get("bowl").value_and_grad(torch.zeros(2), method="fd"), ValueError,
-         r"method must be one of 'auto', 'autograd', got 'fd'"),
+         r"method must be one of 'auto', 'autograd', 'functional', got 'fd'"),
     ],
 )
 def test_argument_checks_say_what_is_allowed(call, error, message):

@@ -747,22 +747,22 @@ def _hyper_values(t: ro.Transform) -> list[Any]:
     return [v for leaf in _leaves(t) for k, v in leaf.hyperparams.items() if _numeric(leaf, k, v)]
 
 
-def _chain_key(t: ro.Transform) -> tuple | None:
+def _chain_key(t: ro.Transform) -> tuple[tuple | None, str]:
     """What fixes a chain's compiled graph: its primitives, their structural values and the shapes of its
-    numeric hyperparameters; ``None`` where a primitive cannot be compiled (it declares so, it has no factory
-    to rebuild it with tensors, or a hyperparameter is a schedule)."""
+    numeric hyperparameters; ``None`` and why where a primitive cannot be compiled (it declares so, it has no
+    factory to rebuild it with tensors, or a hyperparameter is a schedule)."""
     key = []
     for leaf in _leaves(t):
         if not leaf.compilable or leaf.factory is None:
-            return None
+            return None, f"{leaf.name} does not compile"
         items = []
         for k, v in leaf.hyperparams.items():
             if callable(v) and not isinstance(v, torch.Tensor):
-                return None
+                return None, f"{leaf.name}'s {k} is a schedule (a compiled program takes numbers)"
             items.append((k, ("tensor", tuple(v.shape) if isinstance(v, torch.Tensor) else ())) if _numeric(leaf, k, v)
                          else (k, repr(v)))
         key.append((leaf.name, tuple(items)))
-    return tuple(key)
+    return tuple(key), ""
 
 
 def _tensorised(t: ro.Transform, dtype: torch.dtype, device: torch.device) -> tuple[ro.Transform, list[torch.Tensor]]:
@@ -789,15 +789,13 @@ def _tensorised(t: ro.Transform, dtype: torch.dtype, device: torch.device) -> tu
 def _program_key(setup: _Setup, xy0: torch.Tensor) -> tuple[tuple | None, str]:
     """The key of the compiled program that steps ``setup`` (``None`` and why, where none can)."""
     surface_key = setup.surface.program_key()
-    if surface_key is None:
-        return None, f"surface {setup.surface.name!r} has no closed-form gradient"
     if len(setup.batches) > COMPILE_MAX_CHAINS:
         return None, f"{len(setup.batches)} optimizer structures (a program holds at most {COMPILE_MAX_CHAINS})"
     chains = []
     for b in setup.batches:
-        chain_key = _chain_key(_chain(b.transform, setup.clip, None))
+        chain_key, why = _chain_key(_chain(b.transform, setup.clip, None))
         if chain_key is None:
-            return None, f"{b.transform.name} (with its clipping) has a primitive that does not compile"
+            return None, why
         chains.append((chain_key, b.rows))
     noise = None if setup.noise_std == 0 else ("shared" if isinstance(setup.seeds, int) else "per row")
     return (surface_key, tuple(chains), noise, setup.multiplier is not None, xy0.dtype, str(xy0.device),
@@ -864,7 +862,7 @@ class _Program:
             states = pytree.tree_unflatten([x.clone() for x in flat], self.treespec)
             positions, losses, exact_norms, grad_norms = [], [], [], []
             for j in range(block):
-                v, g = surface.value_and_grad(xy)
+                v, g = surface.value_and_grad(xy, "auto" if surface.has_closed_form_grad else "functional")
                 positions.append(xy)
                 losses.append(v)
                 if exact:
@@ -1075,9 +1073,10 @@ def run(
             as ``"ready"``, and a structure without a program is compiled by a background thread of this
             process (one at a time; later calls use it once it is ready; :func:`compile_status`): what a server
             does, so that no request waits for a compilation. Results equal the eager ones to rounding. Where
-            no program can be compiled (a surface without a closed-form gradient, a schedule as a
-            hyperparameter, value clipping, no compiler) the runs are stepped eagerly and ``extra["compile"]``
-            says why.
+            no program can be compiled (a schedule as a hyperparameter, value clipping, more than
+            :data:`COMPILE_MAX_CHAINS` optimizer structures, no compiler) the runs are stepped eagerly and
+            ``extra["compile"]`` says why. A surface without a closed-form gradient (a parsed expression) is
+            differentiated by ``torch.func.grad`` in the program.
 
     Returns:
         :class:`Trajectories` (numpy arrays).

@@ -41,7 +41,7 @@ ADAPTIVE_OPTIMIZERS = frozenset(
     {"rmsprop", "adam", "adamw", "adam_l2", "adagrad", "lion", "adopt", "schedule_free_adamw"}
 )
 
-_GRAD_METHOD = Options(("auto", "autograd"))
+_GRAD_METHOD = Options(("auto", "autograd", "functional"))
 _GRID_SIZE = Interval(int, 2, 2000)
 
 
@@ -144,16 +144,17 @@ class Surface:
         """Whether a closed-form gradient is used (else autograd)."""
         return self._value_and_grad is not None
 
-    def program_key(self) -> tuple | None:
-        """A hashable key, equal for surfaces whose closed-form ``value_and_grad`` computes the same function:
-        its code and the numbers it closes over (a built-in's parameters); ``None`` without a closed form.
+    def program_key(self) -> tuple:
+        """A hashable key, equal for surfaces that compute the same function and gradient.
 
-        A program compiled for one surface (``ravine.simulate.run(..., compile=True)``) serves every surface
-        with the same key. A closed form that closes over anything but numbers is keyed by its identity.
+        A built-in: the code of its closed-form ``value_and_grad`` and the numbers it closes over (its
+        parameters); a parsed expression: its text; a closed form that closes over anything but numbers, or a
+        function without one: its identity. A program compiled for one surface (``ravine.simulate.run(...,
+        compile=True)``) serves every surface with the same key.
         """
         vg = self._value_and_grad
         if vg is None:
-            return None
+            return ("expression", self.expression, self.domain) if self.expression else ("object", id(self._fn))
         code = getattr(vg, "__code__", None)
         cells = tuple(c.cell_contents for c in (getattr(vg, "__closure__", None) or ()))
         if code is None or not all(isinstance(c, (int, float, str)) for c in cells):
@@ -165,12 +166,20 @@ class Surface:
 
         ``method="auto"`` uses the closed-form gradient when the surface has one, ``"autograd"`` forces
         reverse-mode autograd (one backward pass over the batch; the rows are independent, so the gradient
-        of the sum is the per-point gradient).
+        of the sum is the per-point gradient); ``"functional"``: the same backward pass through
+        ``torch.func.grad``, which ``torch.compile`` can trace (``ravine.simulate``'s compiled programs).
         """
         xy = self._points(xy)
         check("method", method, _GRAD_METHOD)
         if method == "auto" and self._value_and_grad is not None:
             return self._value_and_grad(xy)
+        if method == "functional":
+            def total(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                v = self._fn(p)
+                return v.sum(), v
+
+            g, v = torch.func.grad(total, has_aux=True)(xy.detach())
+            return v.detach(), g
         with torch.enable_grad():
             p = xy.detach().requires_grad_(True)
             v = self._fn(p)
