@@ -958,10 +958,10 @@ def _compiler_problem() -> str | None:
     return None
 
 
-def _compiled(setup: _Setup, xy0: torch.Tensor, mode: Any, should_stop: Callable[[], bool] | None
-              ) -> tuple[_Outcome | None, str]:
+def _compiled(setup: _Setup, xy0: torch.Tensor, mode: Any, should_stop: Callable[[], bool] | None,
+              warn: bool = True) -> tuple[_Outcome | None, str]:
     """:func:`_simulate` by a compiled program where ``mode`` asks for one and one can (or is ready, for
-    ``"ready"``); else ``(None, why not)``."""
+    ``"ready"``); else ``(None, why not)``. A failed compilation is remembered (and, with ``warn``, warned of)."""
     program, why = _program(setup, xy0, create=mode is True)
     if program is None:
         if mode == "background" and why == "not ready":
@@ -969,17 +969,16 @@ def _compiled(setup: _Setup, xy0: torch.Tensor, mode: Any, should_stop: Callable
         return None, why
     try:
         return program(setup, xy0, should_stop), ""
-    except (Stopped, ValueError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - the compiler failed: remember it, and step eagerly
-        if program.ready:
+    except Exception as exc:  # noqa: BLE001 - before the first call returned, the compiler failed
+        if program.ready or isinstance(exc, Stopped):  # the run's own errors (a non-finite start), a stop
             raise
         key, _ = _program_key(setup, xy0)
         why = f"compilation failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         with _PROGRAMS_LOCK:
             _FAILED[key] = why  # type: ignore[index]
             _PROGRAMS.pop(key, None)  # type: ignore[arg-type]
-        warnings.warn(f"ravine.simulate: {why}; stepping eagerly", RuntimeWarning, stacklevel=3)
+        if warn:
+            warnings.warn(f"ravine.simulate: {why}; stepping eagerly", RuntimeWarning, stacklevel=3)
         return None, why
 
 
@@ -1005,9 +1004,7 @@ def _compile_loop() -> None:
     while True:
         key, setup, xy0 = _LATER.get()
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # a failure is recorded in _FAILED
-                _compiled(setup, xy0, True, None)
+            _compiled(setup, xy0, True, None, warn=False)  # a failure is recorded in _FAILED
         except Exception:  # noqa: BLE001 - an error of the one-step run itself (e.g. a non-finite start)
             pass
         finally:
