@@ -16,10 +16,13 @@ the page sends most: 6 optimizers (gd, momentum, nesterov, rmsprop, adam, adamw)
     the server takes to stop the abandoned work (``stopped_running`` at ``GET /api/load``).
 (e) every client sends the same request at once (a class clicking the same preset): how many times it is
     computed (identical requests in flight share one computation) and the latency.
+(f) with ``--compile``: small requests while a worker compiles a structure it has not seen (its latency against
+    the idle server's: the compilation holds that worker, the others serve). Target: never more than 100 ms.
 
-Each configuration is measured without and with ``--compile`` (``--engines``), on a fresh server each; with
-``--compile`` the phases start once the workers answer the page's structures with compiled programs (they
-compile in the background; the warm-up's eager answers are not measured).
+Each configuration is measured without and with ``--compile`` (``--engines``; ``--compile`` needs two workers or
+more), on a fresh server each; with ``--compile`` the phases start once the workers answer the page's structures
+with compiled programs (a worker compiles each structure while the others serve; the warm-up's eager answers are
+not measured).
 
 Latency is the client's wall time; "compute" is the server's ``elapsed_ms`` (``ravine.simulate.run`` plus
 conversion). Absolute times depend on the machine and its load; compare figures printed by the same run.
@@ -116,7 +119,7 @@ def start_server(port: int, workers: int | None, compiled: bool) -> subprocess.P
 def warm_compiled(base: str, steps: int, in_a_row: int = 12, timeout: float = 1800.0) -> float:
     """Send distinct requests of the structures the phases use (the page's six optimizers; Adam alone, as a
     slider drag recomputes it) until ``in_a_row`` consecutive answers of each were computed by compiled programs
-    (every worker process compiles each structure once, in the background); returns the seconds it took."""
+    (every worker process compiles each structure once, as a job of its own); returns the seconds it took."""
     t0 = time.perf_counter()
     structures = [lambda j: make_request(0.05, steps, jitter=0.9 + j * 1e-6),
                   lambda j: {**make_request(0.03 + j * 1e-7, steps, jitter=0.8), "optimizers": [
@@ -132,7 +135,7 @@ def warm_compiled(base: str, steps: int, in_a_row: int = 12, timeout: float = 18
                 r.raise_for_status()
                 row = row + 1 if r.json()["engine"] == "compiled" else 0
                 if not row:
-                    time.sleep(0.5)  # the workers compile in the background; the eager answers are not measured
+                    time.sleep(0.5)  # a worker compiles meanwhile; the eager answers are not measured
     return time.perf_counter() - t0
 
 
@@ -233,8 +236,8 @@ def measure(workers: int | None, compiled: bool, a: argparse.Namespace) -> dict:
         out: dict = {"label": label}
         if compiled:
             took = warm_compiled(base, a.steps)
-            print(f"    warm-up: the workers compiled the page's structures in the background in {took:.0f} s "
-                  "(eager answers meanwhile; not measured)")
+            print(f"    warm-up: the workers compiled the page's structures in {took:.0f} s (one worker compiling "
+                  "while the others answer eagerly; not measured)")
 
         out.update(rps=float("nan"), p95=float("nan"), errors=0)
         if "a" in a.phases:
@@ -249,6 +252,8 @@ def measure(workers: int | None, compiled: bool, a: argparse.Namespace) -> dict:
             small_under_big(base, port, a, out)
         if "e" in a.phases:
             same_preset(base, a, out)
+        if "f" in a.phases and compiled:
+            during_compilation(base, a, out)
         return out
     finally:
         proc.terminate()
@@ -291,6 +296,30 @@ def same_preset(base: str, a: argparse.Namespace, out: dict) -> None:
     print(f"(e) {a.clients} clients send the same request at once: computed {computed} time(s), "
           f"{after['shared'] - before['shared']} joined it in flight, the rest answered from the cache; "
           f"latency p50 {pct(lat, 50):.0f} ms, max {max(lat):.0f} ms")
+
+
+def during_compilation(base: str, a: argparse.Namespace, out: dict) -> None:
+    """(f) ``--compile``: small requests (a compiled structure) while a worker compiles a new structure."""
+    condition = 20.0 + (time.time() % 1000) / 100  # a valley never compiled before: a new program
+    new = {"surface": {"name": "valley", "params": {"condition": condition}}, "steps": 300,
+           "optimizers": [{"name": "rmsprop"}, {"name": "adagrad"}, {"name": "lion", "hyperparams": {"lr": 0.01}}]}
+    before = httpx.get(base + "/api/load").json()["compile"]
+    idle = small_latencies(base, a.small, tag=0.81)
+    httpx.post(base + "/api/trajectories", json=new, timeout=120).raise_for_status()
+    wait_for(lambda: httpx.get(base + "/api/load").json()["compile"]["running"] == 1, timeout=60)
+    busy: list[float] = []
+    t0 = time.perf_counter()
+    while httpx.get(base + "/api/load").json()["compile"]["running"] == 1 and len(busy) < 2000:
+        busy += small_latencies(base, 1, tag=0.82 + len(busy) * 1e-6)
+    took = time.perf_counter() - t0
+    after = httpx.get(base + "/api/load").json()["compile"]
+    base_ms = statistics.median(idle)
+    out.update(compile_delay_max=max(busy) - base_ms if busy else float("nan"))
+    print(f"(f) a worker compiles a new structure ({took:.0f} s; compilations done {before['done']} -> "
+          f"{after['done']}, failed {after['failed'] - before['failed']}): {len(busy)} small requests meanwhile, "
+          f"p50 {pct(busy, 50):.1f} ms, max {max(busy):.1f} ms vs idle p50 {base_ms:.1f} ms (delay max "
+          f"{out['compile_delay_max']:.1f} ms; target <= 100 ms: "
+          f"{'met' if out['compile_delay_max'] <= 100 else 'NOT met'})")
 
 
 def small_under_big(base: str, port: int, a: argparse.Namespace, out: dict) -> None:
@@ -349,12 +378,16 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--per-client", type=int, default=20)
     ap.add_argument("--small", type=int, default=20, help="small requests measured in (c) and (d)")
-    ap.add_argument("--phases", default="abcde", help="which of (a) to (e) to run, e.g. 'cd'")
+    ap.add_argument("--phases", default="abcdef", help="which of (a) to (f) to run, e.g. 'cd' ((f): --compile only)")
     ap.add_argument("--quick", action="store_true", help="(a) 20 requests, (b) 50 clients x 2 requests")
     a = ap.parse_args()
     if a.quick:
         a.requests, a.per_client, a.small = 20, 2, 10
-    results = [measure(w, e == "compiled", a) for w in (a.workers or [None]) for e in a.engines]
+    configs = [(w, e == "compiled") for w in (a.workers or [None]) for e in a.engines]
+    for w, compiled in configs:
+        if compiled and w is not None and w < 2:
+            print(f"\n(--workers {w} --compile skipped: compiling needs two worker processes or more)")
+    results = [measure(w, c, a) for w, c in configs if not (c and w is not None and w < 2)]
     if len(results) > 1 and "b" in a.phases:
         first = results[0]
         print("\nsame run, relative to the first configuration:")

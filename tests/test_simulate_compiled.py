@@ -1,6 +1,6 @@
 """``ravine.simulate.run(..., compile=...)``: the compiled programs against torch.optim loops (an oracle nobody
 here wrote) and against the eager engine, structure by structure; their reuse with new numbers, the ``"ready"``
-and ``"background"`` modes, the fallbacks, stopping, and the server's ``compile`` option.
+mode, the fallbacks, stopping, and the server's ``compile`` option (its workers compile with the default block).
 
 Each compiled structure costs seconds of compilation, so the tests share a few structures and compile them with
 a short block (``COMPILE_BLOCK = 4``; the block length is part of a program's key, so nothing here meets a
@@ -103,17 +103,14 @@ def test_compiled_runs_equal_torch_optim_loops_and_divergence_is_booked_as_eager
     assert (tr.positions[3, d:] == tr.positions[3, d]).all() and np.isnan(tr.grad_norms[3, d:]).all()
 
 
-def test_ready_mode_steps_eagerly_until_the_background_thread_has_compiled_the_structure():
+def test_ready_mode_steps_eagerly_until_the_structure_is_compiled():
     specs = [{"name": "nesterov", "lr": 0.05}]
     first = sim.run("bowl", specs, steps=20, compile="ready")
     assert first.engine == "eager" and first.extra["compile"] == "not ready"
-    queued = sim.run("bowl", specs, steps=20, compile="background")
-    assert queued.engine == "eager"
-    _assert_same(first, queued, rtol=0)
-    _wait(lambda: sim.run("bowl", specs, steps=1, compile="ready").engine == "compiled")
-    later = sim.run("bowl", [{"name": "nesterov", "lr": 0.08}], steps=20, compile="ready")
-    assert later.engine == "compiled"
-    _assert_same(later, sim.run("bowl", [{"name": "nesterov", "lr": 0.08}], steps=20))
+    assert sim.run("bowl", [{"name": "nesterov", "lr": 0.02}], steps=1, compile=True).engine == "compiled"
+    later = sim.run("bowl", specs, steps=20, compile="ready")
+    assert later.engine == "compiled" and later.extra == {}
+    _assert_same(later, first)
 
 
 def test_a_typed_expression_is_compiled_with_torch_func_and_keyed_by_its_text():
@@ -162,22 +159,32 @@ def test_a_compiled_run_stops_and_refuses_a_bad_start_as_the_eager_one_does():
         sim.run("bowl", specs, start=(1e300, 1e300), steps=10, compile=True)
 
 
-def test_the_server_compiles_in_the_background_and_answers_the_same_numbers():
+def test_the_server_compiles_a_new_structure_in_a_worker_and_answers_the_same_numbers():
+    """``create_app(compile=True)``: the first answers are eager and say so; a worker compiles the structure (a job
+    of the small lane, counted at /api/load) and later answers are compiled, equal to the eager ones to rounding."""
     from fastapi.testclient import TestClient
 
     from ravine.web import create_app
 
-    body = {"surface": {"name": "bowl"}, "steps": 30, "optimizers": [{"name": "nesterov", "hyperparams": {"lr": 0.1}}]}
-    with TestClient(create_app(compile=True, cache_mb=0, run_cache_mb=0)) as client:
-        assert client.get("/api/load").json()["compile"]["enabled"] is True
-
-        def compiled() -> bool:
-            return client.post("/api/trajectories", json=body).json()["engine"] == "compiled"
-
-        _wait(compiled)
-        out = client.post("/api/trajectories", json=body).json()
+    with pytest.raises(ValueError, match="compile needs workers >= 2"):
+        create_app(compile=True, workers=0)
+    body = {"surface": {"name": "bowl"}, "steps": 30,
+            "optimizers": [{"name": "sgd", "hyperparams": {"lr": 0.1, "momentum": 0.5}}]}
     with TestClient(create_app(cache_mb=0, run_cache_mb=0)) as client:
         eager = client.post("/api/trajectories", json=body).json()
-    assert eager["engine"] == "eager"
+    assert eager["engine"] == "eager" and eager["awaiting_compile"] is False  # compilation off
+    with TestClient(create_app(compile=True, workers=2, cache_mb=0, run_cache_mb=0)) as client:
+        first = client.post("/api/trajectories", json=body).json()
+        if first["engine"] == "eager":  # the worker had no program (inductor's disk cache may make it quick)
+            assert first["awaiting_compile"] is True
+
+        def compiled() -> bool:
+            out = client.post("/api/trajectories", json=body).json()
+            assert out["engine"] in ("eager", "compiled")
+            return out["engine"] == "compiled"
+
+        _wait(compiled)
+        assert client.get("/api/load").json()["compile"]["done"] >= 1
+        out = client.post("/api/trajectories", json=body).json()
     np.testing.assert_allclose(out["runs"][0]["x"], eager["runs"][0]["x"], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(out["runs"][0]["loss"], eager["runs"][0]["loss"], rtol=1e-10, atol=1e-12)

@@ -401,6 +401,7 @@ def test_serve_options_are_checked_and_reach_the_app(monkeypatch):
         assert c.get("/api/limits").status_code == 200
         assert c.get("/api/limits", headers={"host": "b.example"}).status_code == 400
         assert c.get("/api/load").json()["compile"]["enabled"] is False
-    assert serve_cli.run(build_parser().parse_args(["serve", "--workers", "0", "--compile"])) == 0
+    assert serve_cli.run(build_parser().parse_args(["serve", "--workers", "0", "--compile"])) == 2  # needs workers
+    assert serve_cli.run(build_parser().parse_args(["serve", "--workers", "2", "--compile"])) == 0
     with TestClient(seen["app"], base_url="http://127.0.0.1:8000") as c:
-        assert c.get("/api/load").json()["compile"]["enabled"] is True
+        assert c.get("/api/load").json()["compile"] == {"enabled": True, "running": 0, "done": 0, "failed": 0}

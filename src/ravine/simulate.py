@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import queue
 import threading
 import types
 import warnings
@@ -704,7 +703,7 @@ COMPILE_MAX_CHAINS = 8
 """The most optimizer structures (runs that cannot share one batched transform) a compiled program holds: its
 compilation grows with them (a minute and more beyond that on a CPU); more are stepped eagerly."""
 
-_COMPILE = Options((False, True, "ready", "background"))
+_COMPILE = Options((False, True, "ready"))
 
 
 def _map_state(fn: Callable[[str | None, Any], Any], state: Any, key: str | None = None) -> Any:
@@ -958,14 +957,12 @@ def _compiler_problem() -> str | None:
     return None
 
 
-def _compiled(setup: _Setup, xy0: torch.Tensor, mode: Any, should_stop: Callable[[], bool] | None,
-              warn: bool = True) -> tuple[_Outcome | None, str]:
+def _compiled(setup: _Setup, xy0: torch.Tensor, mode: Any, should_stop: Callable[[], bool] | None
+              ) -> tuple[_Outcome | None, str]:
     """:func:`_simulate` by a compiled program where ``mode`` asks for one and one can (or is ready, for
-    ``"ready"``); else ``(None, why not)``. A failed compilation is remembered (and, with ``warn``, warned of)."""
+    ``"ready"``); else ``(None, why not)``. A failed compilation is remembered and warned of."""
     program, why = _program(setup, xy0, create=mode is True)
     if program is None:
-        if mode == "background" and why == "not ready":
-            _compile_later(setup, xy0)
         return None, why
     try:
         return program(setup, xy0, should_stop), ""
@@ -977,48 +974,16 @@ def _compiled(setup: _Setup, xy0: torch.Tensor, mode: Any, should_stop: Callable
         with _PROGRAMS_LOCK:
             _FAILED[key] = why  # type: ignore[index]
             _PROGRAMS.pop(key, None)  # type: ignore[arg-type]
-        if warn:
-            warnings.warn(f"ravine.simulate: {why}; stepping eagerly", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"ravine.simulate: {why}; stepping eagerly", RuntimeWarning, stacklevel=3)
         return None, why
-
-
-_QUEUED: set[tuple] = set()
-_LATER: queue.Queue = queue.Queue()
-
-
-def _compile_later(setup: _Setup, xy0: torch.Tensor) -> None:
-    """Have the program of ``setup`` compiled by this process's background thread (once per structure)."""
-    key, _ = _program_key(setup, xy0)
-    with _PROGRAMS_LOCK:
-        if key is None or key in _PROGRAMS or key in _FAILED or key in _QUEUED:
-            return
-        _QUEUED.add(key)
-        if not any(t.name == "ravine-compile" for t in threading.enumerate()):
-            threading.Thread(target=_compile_loop, daemon=True, name="ravine-compile").start()
-    _LATER.put((key, dataclasses.replace(setup, steps=1), xy0.clone()))
-
-
-def _compile_loop() -> None:
-    """The background thread of ``compile="background"``: compiles queued structures one at a time (a one-step
-    run of each; :func:`_compiled` records a failure, and the structure is then stepped eagerly)."""
-    while True:
-        key, setup, xy0 = _LATER.get()
-        try:
-            _compiled(setup, xy0, True, None, warn=False)  # a failure is recorded in _FAILED
-        except Exception:  # noqa: BLE001 - an error of the one-step run itself (e.g. a non-finite start)
-            pass
-        finally:
-            with _PROGRAMS_LOCK:
-                _QUEUED.discard(key)
 
 
 def compile_status() -> dict[str, int]:
     """This process's compiled programs (:func:`run` with ``compile``): ``ready``, ``compiling`` (created, first
-    call not finished), ``queued`` (waiting for the background thread of ``compile="background"``) and
-    ``failed``."""
+    call not finished) and ``failed``."""
     with _PROGRAMS_LOCK:
         ready = sum(p.ready for p in _PROGRAMS.values())
-        return {"ready": ready, "compiling": len(_PROGRAMS) - ready, "queued": len(_QUEUED), "failed": len(_FAILED)}
+        return {"ready": ready, "compiling": len(_PROGRAMS) - ready, "failed": len(_FAILED)}
 
 
 # ----------------------------------------------------------------------------------------------- run
@@ -1064,16 +1029,16 @@ def run(
         compile: ``False`` (default): step eagerly, one tensor operation at a time. ``True``: step with a
             program compiled by ``torch.compile`` (:data:`COMPILE_BLOCK` steps of every run per call; several
             times faster on these tiny tensors), compiled on first use of this structure (surface, optimizers,
-            their structural options, clipping, schedule, noise; about 5 to 60 s on a CPU) and kept for later
-            calls (:data:`COMPILE_CACHE` per process). Their numeric hyperparameters, start, steps and seed
-            vary freely. ``"ready"``: the compiled program where one is ready, else eagerly. ``"background"``:
-            as ``"ready"``, and a structure without a program is compiled by a background thread of this
-            process (one at a time; later calls use it once it is ready; :func:`compile_status`): what a server
-            does, so that no request waits for a compilation. Results equal the eager ones to rounding. Where
-            no program can be compiled (a schedule as a hyperparameter, value clipping, more than
-            :data:`COMPILE_MAX_CHAINS` optimizer structures, no compiler) the runs are stepped eagerly and
-            ``extra["compile"]`` says why. A surface without a closed-form gradient (a parsed expression) is
-            differentiated by ``torch.func.grad`` in the program.
+            their structural options, clipping, schedule, noise; 2 to 90 s on a CPU, less from inductor's disk
+            cache) and kept for later calls (:data:`COMPILE_CACHE` per process). Their numeric hyperparameters,
+            start, steps and seed vary freely. ``"ready"``: the compiled program where this process has one
+            ready, else eagerly (and
+            ``extra["compile"]`` is ``"not ready"``): what a server's workers do, compiling apart (a compilation
+            holds the interpreter for seconds: another thread of the process would stall). Results equal the
+            eager ones to rounding. Where no program can be compiled (a schedule as a hyperparameter, value
+            clipping, more than :data:`COMPILE_MAX_CHAINS` optimizer structures, no compiler) the runs are
+            stepped eagerly and ``extra["compile"]`` says why. A surface without a closed-form gradient (a
+            parsed expression) is differentiated by ``torch.func.grad`` in the program.
 
     Returns:
         :class:`Trajectories` (numpy arrays).

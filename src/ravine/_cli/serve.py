@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
 import threading
 import webbrowser
 
@@ -74,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="step trajectories with compiled programs (ravine.simulate.run(compile=...)): several times less CPU "
         "per request, for a class. Each structure (surface, optimizers, clipping, schedule, noise) compiles once "
-        "per worker process, in the background (10-90 s of a core); until then its requests are stepped eagerly",
+        "per worker process, one compilation at a time in a worker that serves nothing else meanwhile (10-90 s of "
+        "a core); until then its requests are stepped eagerly. Needs --workers >= 2",
     )
     p.set_defaults(func=run)
 
@@ -103,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ravine.web import create_app
 
+    if args.compile and args.workers < 2:
+        print(f"ravine serve: --compile needs --workers >= 2 (a worker process compiles a new structure while the "
+              f"others serve), got --workers {args.workers}", file=sys.stderr)
+        return 2
     host = "127.0.0.1" if args.host in ("localhost", "") else args.host
     names, any_ip = allowed_hosts(host, args.allowed_host)
     app = create_app(

@@ -29,6 +29,11 @@ disconnects, a queued job is dropped before it starts and a running one is flagg
 freed only once the work has stopped). :class:`LaneStats` counts what each lane finished and stopped
 (``GET /api/load``).
 
+**Compilations** (``create_app(compile=True)``, processes only): :meth:`Lanes.compile` runs one in a worker of
+the small lane as a job that holds one of the lane's slots, so that worker serves nothing else while it compiles
+(a compilation holds the interpreter for seconds at a time; in a thread beside requests it delayed them by
+seconds) and the other workers keep serving.
+
 **Sharing.** Identical requests in flight share one job (:class:`SharedWork`: a class loading the same preset
 at once computes it once); the job stops only when all of its clients have left. Identical requests after
 it are answered from the response cache.
@@ -173,6 +178,10 @@ def _in_worker(fn: WorkFn, payload: str, slot: int) -> bytes:
     return fn(payload, lambda: flags[slot] != 0, _RUN_CACHE)
 
 
+def _compile_in_worker(fn: WorkFn, payload: str) -> bytes:
+    return fn(payload, lambda: False, _RUN_CACHE)
+
+
 def _warm(fn: WorkFn | None, payload: str) -> int:
     """Run in each new worker process at start (a first request of the app, or one tiny run), so that the
     imports and first allocations do not fall on a client's request."""
@@ -250,7 +259,11 @@ class Lanes:
         self._run_cache = run_cache
         self._run_cache_bytes = int(run_cache_bytes)
         self._torch_threads = torch_threads
-        self._executors: dict[str, Executor] = {}
+        # threads: one pool per lane, key (lane, 0); processes: one single-process pool per worker, key (lane, i),
+        # so that a job can be sent to a given worker (a compilation, to the worker that lacks the program)
+        self._executors: dict[tuple[str, int], Executor] = {}
+        self._idle = {lane: list(range(n)) for lane, n in limits.items()}  # processes: the workers not computing
+        self._reserved: dict[str, int | None] = {lane: None for lane in limits}  # a worker a compilation waits for
         self._sems: dict[str, asyncio.Semaphore] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
@@ -260,6 +273,7 @@ class Lanes:
         self._free_slots = list(range(slots))
         self._small_idle = threading.Event()
         self._small_idle.set()
+        self.compiles = {"running": 0, "done": 0, "failed": 0}
 
     def _yielding(self, event: threading.Event) -> Callable[[], bool]:
         """A big job's ``should_stop`` in thread mode: it also pauses the job while small jobs compute (for at
@@ -271,25 +285,37 @@ class Lanes:
 
         return should_stop
 
-    def executor(self, lane: str) -> Executor:
-        """The executor of ``lane`` (created on first use)."""
+    def executor(self, lane: str, worker: int = 0) -> Executor:
+        """The executor of ``lane`` (threads) or of its worker process ``worker`` (created on first use)."""
+        key = (lane, 0 if self.mode == "threads" else worker)
         with self._lock:
-            ex = self._executors.get(lane)
+            ex = self._executors.get(key)
             if ex is None:
-                n = self.stats[lane].limit
                 if self.mode == "threads":
+                    n = self.stats[lane].limit
                     ex = ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"ravine-{lane}")
                 else:
                     ex = ProcessPoolExecutor(
-                        max_workers=n,
+                        max_workers=1,
                         mp_context=multiprocessing.get_context("spawn"),
                         initializer=_init_worker,
                         initargs=(
                             self._flags, self._run_cache_bytes, self._torch_threads, BIG_NICE if lane == "big" else 0
                         ),
                     )
-                self._executors[lane] = ex
+                self._executors[key] = ex
             return ex
+
+    def _take(self, lane: str, worker: int | None = None) -> int:
+        """An idle worker of ``lane`` (``worker`` if given; else the one idle longest, so that requests take turns
+        and every worker meets the structures in use, but not the one a compilation waits for if another is
+        idle), marked busy. Processes only; the lane's semaphore guarantees that one is idle."""
+        idle = self._idle[lane]
+        if worker is None:
+            others = [i for i in idle if i != self._reserved[lane]]
+            worker = (others or idle)[0]
+        idle.remove(worker)
+        return worker
 
     def start(self) -> None:
         """Start the worker processes, each on a first request (imports, first allocations), and return at once:
@@ -299,9 +325,8 @@ class Lanes:
             return
         fn, payload = self._warm or (None, "")
         for lane, stats in self.stats.items():
-            ex = self.executor(lane)
-            for _ in range(stats.limit):
-                ex.submit(_warm, fn, payload).add_done_callback(_report_warm_failure)
+            for i in range(stats.limit):
+                self.executor(lane, i).submit(_warm, fn, payload).add_done_callback(_report_warm_failure)
 
     def close(self) -> None:
         """Stop every running job (its flag is set), drop the queued ones and shut the executors down."""
@@ -336,7 +361,12 @@ class Lanes:
         return self._sems[lane]
 
     async def run(
-        self, lane: str, fn: WorkFn, payload: str, receive: Callable[[], Awaitable[dict]] | None = None
+        self,
+        lane: str,
+        fn: WorkFn,
+        payload: str,
+        receive: Callable[[], Awaitable[dict]] | None = None,
+        on_done: Callable[[bytes, int], None] | None = None,
     ) -> bytes:
         """Compute ``fn(payload, should_stop, run_cache)`` in ``lane`` and return its bytes.
 
@@ -345,6 +375,8 @@ class Lanes:
             fn: the compute function (see :data:`WorkFn`).
             payload: the request as JSON.
             receive: the request's ASGI receive channel, watched for a disconnect (``None``: not watched).
+            on_done: called with the bytes and the index of the worker that computed them (processes; 0 in
+                thread mode) when the job succeeded.
 
         Returns:
             The encoded response.
@@ -367,21 +399,65 @@ class Lanes:
                 stats.cancelled_queued += 1
                 raise ClientGone
             try:
-                return await self._compute(lane, stats, fn, payload, gone)
+                return await self._compute(lane, stats, fn, payload, gone, on_done)
             finally:
                 sem.release()
         finally:
             if gone is not None:
                 gone.cancel()
 
+    def _drop(self, lane: str, executor: Executor) -> None:
+        """Forget the broken ``executor`` of ``lane``: the next job starts a new one."""
+        with self._lock:
+            for key, ex in list(self._executors.items()):
+                if ex is executor:
+                    del self._executors[key]
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    async def compile(self, fn: WorkFn, payload: str, worker: int) -> None:
+        """Run ``fn(payload, ...)`` (a compilation, ``ravine.web.app.compile_structure``) in worker process
+        ``worker`` of the small lane (the one whose answer said it lacks the program), holding one of the lane's
+        slots (it waits its turn like a request, then for that worker, which later requests leave alone): the
+        worker serves nothing else meanwhile, while the others do. Counted in :attr:`compiles`, not in the
+        lane's counters; a failure is counted, not raised (the requests are stepped eagerly then)."""
+        if self.mode != "processes":
+            raise RuntimeError("compilations run in worker processes (workers >= 2)")
+        async with self._semaphore("small"):
+            self._reserved["small"] = worker
+            try:
+                while worker not in self._idle["small"]:  # it finishes the request it is computing
+                    await asyncio.sleep(0.005)
+                self._take("small", worker)
+            finally:
+                self._reserved["small"] = None
+            self.compiles["running"] += 1
+            executor = self.executor("small", worker)
+            try:
+                await asyncio.get_running_loop().run_in_executor(executor, _compile_in_worker, fn, payload)
+                self.compiles["done"] += 1
+            except Exception as exc:  # noqa: BLE001 - a failed compilation leaves its structure to the eager loop
+                self.compiles["failed"] += 1
+                if isinstance(exc, BrokenExecutor):
+                    self._drop("small", executor)
+            finally:
+                self.compiles["running"] -= 1
+                self._idle["small"].append(worker)
+
     async def _compute(
-        self, lane: str, stats: LaneStats, fn: WorkFn, payload: str, gone: asyncio.Future | None
+        self,
+        lane: str,
+        stats: LaneStats,
+        fn: WorkFn,
+        payload: str,
+        gone: asyncio.Future | None,
+        on_done: Callable[[bytes, int], None] | None,
     ) -> bytes:
         loop = asyncio.get_running_loop()
         stats.running += 1
         if lane == "small":
             self._small_idle.clear()
-        executor = self.executor(lane)
+        worker = self._take(lane) if self.mode == "processes" else 0
+        executor = self.executor(lane, worker)
         if self.mode == "threads":
             event = threading.Event()
             stop, slot = event.set, None
@@ -409,10 +485,7 @@ class Lanes:
                 raise ClientGone from None
             except BrokenExecutor as exc:  # a worker process died (killed, out of memory): start afresh
                 stats.failed += 1
-                with self._lock:
-                    if self._executors.get(lane) is executor:
-                        del self._executors[lane]
-                executor.shutdown(wait=False, cancel_futures=True)
+                self._drop(lane, executor)
                 raise WorkerLost(
                     f"the worker process computing this request died ({exc}); the server starts a new one: "
                     "send the request again"
@@ -421,6 +494,8 @@ class Lanes:
                 stats.failed += 1
                 raise
             stats.finished += 1
+            if on_done is not None:
+                on_done(body, worker)
             if gone is not None and gone.done():
                 raise ClientGone
             return body
@@ -430,6 +505,8 @@ class Lanes:
                 self._small_idle.set()
             if slot is not None:
                 self._free_slots.append(slot)
+            if self.mode == "processes":
+                self._idle[lane].append(worker)
 
 
 class _Flight:
@@ -468,7 +545,13 @@ class SharedWork:
         self._flights: dict[str, _Flight] = {}
 
     async def run(
-        self, key: str, lane: str, fn: WorkFn, payload: str, receive: Callable[[], Awaitable[dict]] | None = None
+        self,
+        key: str,
+        lane: str,
+        fn: WorkFn,
+        payload: str,
+        receive: Callable[[], Awaitable[dict]] | None = None,
+        on_done: Callable[[bytes, int], None] | None = None,
     ) -> bytes:
         """:meth:`Lanes.run` of ``fn(payload)``, shared by the requests in flight with the same ``key``.
 
@@ -478,6 +561,7 @@ class SharedWork:
             fn: the compute function.
             payload: the request as JSON.
             receive: this request's ASGI receive channel, watched for its client's disconnect.
+            on_done: as in :meth:`Lanes.run` (the first request's, for a shared job).
 
         Returns:
             The encoded response.
@@ -488,7 +572,7 @@ class SharedWork:
         flight = self._flights.get(key)
         if flight is None:
             flight = _Flight()
-            flight.task = asyncio.ensure_future(self.lanes.run(lane, fn, payload, flight.receive))
+            flight.task = asyncio.ensure_future(self.lanes.run(lane, fn, payload, flight.receive, on_done))
             flight.task.add_done_callback(_retrieve)
             flight.task.add_done_callback(lambda _t, k=key, f=flight: self._drop(k, f))
             self._flights[key] = flight

@@ -37,6 +37,7 @@ a slider moves one optimizer of six, only that one is simulated again.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import json
@@ -318,11 +319,10 @@ def _simulate(
     req: models.TrajectoryRequest,
     which: list[int],
     should_stop: Callable[[], bool] | None = None,
-    compile: bool = False,
-) -> tuple[list[dict[str, Any]], str]:
-    """The runs of optimizers ``which`` of ``req``, simulated together by one ``ravine.simulate.run`` (with
-    ``compile``: by its compiled program where that is ready, else eagerly while it compiles in the background),
-    and the engine that stepped them."""
+    compile: bool | str = False,
+) -> tuple[list[dict[str, Any]], sim.Trajectories]:
+    """The runs of optimizers ``which`` of ``req``, simulated together by one ``ravine.simulate.run`` (``compile``
+    as there), and the ``Trajectories`` (for their engine)."""
     trajectories = sim.run(
         req.surface.surface,
         [req.optimizers[i].to_sim() for i in which],
@@ -335,7 +335,7 @@ def _simulate(
         clip=req.clip.to_sim() if req.clip else None,
         tol=req.tol,
         should_stop=should_stop,
-        compile="background" if compile else False,
+        compile=compile,
     )
     ends = end_points(
         req.surface.surface,
@@ -358,7 +358,7 @@ def _simulate(
             "end": ends[j],
         }
         for j in range(len(which))
-    ], trajectories.engine
+    ], trajectories
 
 
 def _run_out(spec: models.OptimizerSpec, row: dict[str, Any]) -> dict[str, Any]:
@@ -398,16 +398,18 @@ def compute_trajectories(
     the same run computed beside others, up to the rounding of batched hyperparameter tensors.
     ``should_stop`` goes to ``ravine.simulate.run`` (which raises ``ravine.simulate.Stopped`` when it
     returns true). ``compile``: step with ``ravine.simulate``'s compiled program of the request's structure
-    where it is ready, else eagerly while this process compiles it in the background (``compile="background"``);
-    the two agree to rounding.
+    where this process has one ready (``compile="ready"``), else eagerly, and then say in ``awaiting_compile``
+    whether it could have one (the server then has a worker compile it: :func:`compile_structure`); the two
+    engines agree to rounding.
     """
     t0 = time.perf_counter()
     keys = _run_keys(req)
     rows = [cache.get(k) if cache is not None else None for k in keys]
     missing = [i for i, row in enumerate(rows) if row is None]
-    engine = "cache"
+    engine, awaiting = "cache", False
     if missing:
-        simulated, engine = _simulate(req, missing, should_stop, compile)
+        simulated, trajectories = _simulate(req, missing, should_stop, "ready" if compile else False)
+        engine, awaiting = trajectories.engine, trajectories.extra.get("compile") == "not ready"
         for i, row in zip(missing, simulated):
             rows[i] = row
             if cache is not None:
@@ -422,6 +424,7 @@ def compute_trajectories(
         "runs": [_run_out(spec, row) for spec, row in zip(req.optimizers, rows)],  # type: ignore[arg-type]
         "simulated_runs": len(missing),
         "engine": engine,
+        "awaiting_compile": awaiting,
         "elapsed_ms": (time.perf_counter() - t0) * 1e3,
     }
     return teaching.with_seeing(req, out, stability_limit)  # "what you are seeing", from these runs
@@ -655,6 +658,16 @@ _WORK: dict[str, tuple[type, Callable[..., dict[str, Any]], type]] = {
 }
 
 
+def compile_structure(payload: str, should_stop: Callable[[], bool] | None = None, cache: Any = None) -> bytes:
+    """Compile, in this process, the ``ravine.simulate`` program of the structure of trajectory request ``payload``
+    (JSON): a one-step run with ``compile=True``, which returns at once where the program is ready or cannot be
+    compiled. The server runs it as a job of a worker process, which serves nothing else meanwhile (a
+    compilation holds the interpreter for seconds at a time). Returns ``b""``."""
+    req = models.TrajectoryRequest.model_validate_json(payload)
+    _simulate(req.model_copy(update={"steps": 1}), list(range(len(req.optimizers))), compile=True)
+    return b""
+
+
 def _work(kind: str, payload: str, should_stop: Callable[[], bool], cache: Any, compile: bool = False) -> bytes:
     """Compute request ``payload`` (JSON) of ``kind`` and return the encoded response (``"surfaces"``: the
     payload is the grid side of ``GET /api/surfaces``; ``compile``: see :func:`compute_trajectories`)."""
@@ -704,12 +717,23 @@ def create_app(
             bound address, ``localhost`` and its ``--allowed-host`` names.
         allow_ip_hosts: with ``allowed_hosts``, also answer to any IP address (``ravine serve`` sets it when
             bound to every interface).
-        compile: step trajectories with ``ravine.simulate``'s compiled programs (``compile="background"``): a
-            request whose structure (surface, optimizers, clipping, schedule, noise) has no program yet is
-            stepped eagerly while the process computing it compiles one in a background thread (about 10 to 90
-            s of one core, once per structure and process); later requests of that structure take several
-            times less CPU. ``GET /api/load`` shows the programs (``compile``).
+        compile: step trajectories with ``ravine.simulate``'s compiled programs where the worker process has
+            one ready (``compile="ready"``): a request whose structure (surface, optimizers, clipping, schedule,
+            noise) has none there is stepped eagerly, and the server then has a worker compile it
+            (:func:`compile_structure`, one compilation at a time, as a job that holds one of the small lane's
+            worker processes: a compilation holds the interpreter for seconds, so that worker serves nothing
+            else while the others serve; about 10 to 90 s of one core, once per structure and process). Later
+            requests of that structure take several times less CPU. Needs ``workers >= 2``. ``GET /api/load``
+            counts the compilations (``compile``).
+
+    Raises:
+        ValueError: ``compile`` with fewer than two worker processes.
     """
+    if compile and workers < 2:
+        raise ValueError(
+            f"compile needs workers >= 2 (a worker process compiles a new structure while the others serve: a "
+            f"compilation holds its interpreter for seconds at a time), got workers={workers}"
+        )
     if torch_threads is not None:
         torch.set_num_threads(max(1, int(torch_threads)))
     cache: LRUCache[bytes] = LRUCache(int(cache_mb * 2**20))
@@ -745,11 +769,22 @@ def create_app(
     if allowed_hosts is not None:
         app.add_middleware(HostCheck, allowed=list(allowed_hosts), allow_ip_literals=allow_ip_hosts)
 
+    compiling: list[asyncio.Task] = []  # the compilation in flight (at most one)
+
+    def compile_later(payload: str, lane: str, body: bytes, worker: int) -> None:
+        """Have worker ``worker`` compile the structure of the trajectory request ``payload`` if ``body`` (its
+        response from that worker) says it had no program ready, and no compilation is in flight."""
+        if lane != "small" or b'"awaiting_compile":true' not in body or any(not t.done() for t in compiling):
+            return
+        compiling[:] = [asyncio.ensure_future(lanes.compile(compile_structure, payload, worker))]
+
     async def in_lane(kind: str, payload: str, small: bool, request: Request | None) -> bytes:
         """``_work(kind, payload)`` in its lane; raises ClientGone if the client left first."""
         receive = request.receive if request is not None else None
         work = functools.partial(_work, kind, compile=compile)
-        return await shared.run(f"{kind}:{payload}", "small" if small else "big", work, payload, receive)
+        lane = "small" if small else "big"
+        done = functools.partial(compile_later, payload, lane) if compile and kind == "trajectories" else None
+        return await shared.run(f"{kind}:{payload}", lane, work, payload, receive, done)
 
     async def computed(
         kind: str, req: Any, fn: Callable[[Any], Any], out_model: type, request: Request | None = None
@@ -821,10 +856,8 @@ def create_app(
 
     @app.get("/api/load", summary="The compute lanes: requests waiting and running, and how requests ended")
     def load() -> dict[str, Any]:
-        # the compiled programs live in the process that computes: this one in thread mode (each worker process
-        # has its own; a response's ``engine`` says which engine computed it)
-        programs = sim.compile_status() if compile and lanes.mode == "threads" else {}
-        return {**lanes.snapshot(), "shared": shared.shared, "compile": {"enabled": compile, **programs}}
+        # each worker process has its own compiled programs; a response's ``engine`` says which engine computed it
+        return {**lanes.snapshot(), "shared": shared.shared, "compile": {"enabled": compile, **lanes.compiles}}
 
     @app.get("/api/surfaces", response_model=list[models.SurfaceOut], summary="Built-in surfaces")
     async def surfaces(

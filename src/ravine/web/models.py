@@ -797,6 +797,11 @@ class TrajectoryOut(BaseModel):
         description="what stepped the simulated runs: ravine.simulate's compiled program of this structure, or the "
         "eager loop (while that compiles, or with compilation off); 'cache' when every run came from the cache",
     )
+    awaiting_compile: bool = Field(
+        False,
+        description="stepped eagerly because the worker had no compiled program of this structure yet (ravine serve "
+        "--compile then has one compiled)",
+    )
     elapsed_ms: float
     seeing: list[str] = Field(
         default_factory=list,
