@@ -63,6 +63,7 @@ import torch.utils._pytree as pytree
 import ravine.optim as ro
 import ravine.schedules as rsch
 from ravine._validation import Interval, Options, check
+from ravine.optim.fused.compiled import compiler_problem
 from ravine.parallel import Executor, InProcess, Task, values
 from ravine.surfaces import Surface
 from ravine.surfaces import get as get_surface
@@ -939,7 +940,7 @@ def _program(setup: _Setup, xy0: torch.Tensor, create: bool) -> tuple[_Program |
             return (program, "") if create or program.ready else (None, "not ready")
         if not create:
             return None, "not ready"
-        problem = _compiler_problem()
+        problem = compiler_problem()
         if problem is not None:
             _FAILED[key] = problem
             return None, problem
@@ -947,14 +948,6 @@ def _program(setup: _Setup, xy0: torch.Tensor, create: bool) -> tuple[_Program |
         while len(_PROGRAMS) > COMPILE_CACHE:
             _PROGRAMS.popitem(last=False)
         return program, ""
-
-
-def _compiler_problem() -> str | None:
-    try:
-        import torch._inductor  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - any import failure means no compiler
-        return f"torch inductor is unavailable ({exc})"
-    return None
 
 
 def _compiled(setup: _Setup, xy0: torch.Tensor, mode: Any, should_stop: Callable[[], bool] | None
@@ -1032,13 +1025,13 @@ def run(
             their structural options, clipping, schedule, noise; 2 to 90 s on a CPU, less from inductor's disk
             cache) and kept for later calls (:data:`COMPILE_CACHE` per process). Their numeric hyperparameters,
             start, steps and seed vary freely. ``"ready"``: the compiled program where this process has one
-            ready, else eagerly (and
-            ``extra["compile"]`` is ``"not ready"``): what a server's workers do, compiling apart (a compilation
-            holds the interpreter for seconds: another thread of the process would stall). Results equal the
-            eager ones to rounding. Where no program can be compiled (a schedule as a hyperparameter, value
-            clipping, more than :data:`COMPILE_MAX_CHAINS` optimizer structures, no compiler) the runs are
-            stepped eagerly and ``extra["compile"]`` says why. A surface without a closed-form gradient (a
-            parsed expression) is differentiated by ``torch.func.grad`` in the program.
+            ready, else eagerly (and ``extra["compile"]`` is ``"not ready"``): what a server's workers do,
+            compiling apart (a compilation holds the interpreter for seconds: another thread of the process
+            would stall). Results equal the eager ones to rounding. Where no program can be compiled (a
+            schedule as a hyperparameter, value clipping, more than :data:`COMPILE_MAX_CHAINS` optimizer
+            structures, no compiler) the runs are stepped eagerly and ``extra["compile"]`` says why. A surface
+            without a closed-form gradient (a parsed expression) is differentiated by ``torch.func.grad`` in
+            the program.
 
     Returns:
         :class:`Trajectories` (numpy arrays).
